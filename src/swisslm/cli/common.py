@@ -1,0 +1,68 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Options and helpers shared by subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import torch
+
+
+class UsageError(ValueError):
+    """A wrong argument or combination of arguments; exits 2 with one line."""
+
+
+def add_model_args(p: argparse.ArgumentParser, quant: bool = True) -> None:
+    p.add_argument("--model", default=None,
+                   help="HF folder or .gguf file (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    if quant:
+        p.add_argument("--quant", choices=["int8", "int4"], default=None,
+                       help="weight-only quantize on load (fast CPU decode)")
+
+
+def set_threads(n: int | None) -> None:
+    if n is None:
+        n = physical_cores()
+    if n < 1:
+        raise UsageError(f"--threads must be >= 1, got {n}")
+    torch.set_num_threads(n)
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+def load_model_from_args(args: argparse.Namespace) -> Any:
+    from .. import AutoModel
+
+    set_threads(getattr(args, "threads", None))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
+    model = AutoModel.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+    if getattr(args, "quant", None):
+        from ..quant import quantize_
+
+        quantize_(model, args.quant)
+    return model
+
+
+def require_tokenizer(model: Any) -> Any:
+    if model.tokenizer is None:
+        raise UsageError(f"{model.source}: the checkpoint has no tokenizer (tokenizer.json)")
+    return model.tokenizer
+
+
+def check_positive(name: str, value: int) -> int:
+    if value <= 0:
+        raise UsageError(f"{name} must be > 0, got {value}")
+    return value

@@ -1,0 +1,32 @@
+# SPDX-License-Identifier: Apache-2.0
+"""swisslm convert SRC DST: GGUF file or HF folder -> HF folder (safetensors)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import UsageError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("convert", help="convert a GGUF file or HF folder to an HF folder")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--force", action="store_true", help="write into a non-empty DST folder")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import AutoModel
+
+    dst = Path(args.dst)
+    if dst.exists() and (not dst.is_dir() or (any(dst.iterdir()) and not args.force)):
+        raise UsageError(f"{dst} exists and is not an empty folder (use --force to write into it)")
+    if Path(args.src).resolve() == dst.resolve():
+        raise UsageError("SRC and DST are the same path")
+    model = AutoModel.from_pretrained(args.src, dtype=args.dtype)
+    model.save_pretrained(dst)
+    print(f"wrote {dst} ({model.config.family}, {model.num_parameters():,} parameters)")
+    return 0

@@ -1,0 +1,41 @@
+# SPDX-License-Identifier: Apache-2.0
+"""swisslm info: config, parameter count and the slot report of a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import add_model_args, load_model_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("info", help="show config, parameter count and slot providers")
+    add_model_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load_model_from_args(args)
+    cfg = model.config
+    info = {
+        "source": model.source,
+        "family": cfg.family,
+        "parameters": model.num_parameters(),
+        "config": cfg.to_dict(),
+        "slots": model.slot_providers(),
+        "tokenizer": None if model.tokenizer is None else {"vocab_size": model.tokenizer.vocab_size},
+    }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"source      {info['source']}")
+    print(f"family      {cfg.family}")
+    print(f"parameters  {info['parameters']:,}")
+    print(f"layers      {cfg.num_layers}  hidden {cfg.hidden_size}  heads {cfg.num_heads}/{cfg.num_kv_heads}"
+          f" (q/kv)  head_dim {cfg.head_dim}  ffn {cfg.intermediate_size}  vocab {cfg.vocab_size}")
+    if cfg.num_experts:
+        print(f"experts     {cfg.num_experts} (top-{cfg.num_experts_per_tok})")
+    print(model.mixin_report())
+    return 0

@@ -1,0 +1,52 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Dense feed-forward blocks: gated (SwiGLU, Llama) and plain (GELU, BERT/NeoX)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+
+ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)); gate and up fused into one matmul (gpt-fast's trick)."""
+
+    def __init__(self, hidden: int, inter: int, activation: str, bias: bool = False) -> None:
+        super().__init__()
+        self.inter = inter
+        self.act = ACTIVATIONS[activation]
+        self.gate_up = nn.Linear(hidden, 2 * inter, bias=bias)
+        self.down = nn.Linear(inter, hidden, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).split(self.inter, dim=-1)
+        return self.down(self.act(gate) * up)
+
+
+class PlainMLP(nn.Module):
+    def __init__(self, hidden: int, inter: int, activation: str, bias: bool = True) -> None:
+        super().__init__()
+        self.act = ACTIVATIONS[activation]
+        self.up = nn.Linear(hidden, inter, bias=bias)
+        self.down = nn.Linear(inter, hidden, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.up(x)))
+
+
+def build_mlp(cfg: ModelConfig) -> nn.Module:
+    if cfg.num_experts:
+        from .moe import MoE  # only MoE configs pay for the import
+
+        return MoE(cfg)
+    cls = GatedMLP if cfg.mlp == "gated" else PlainMLP
+    return cls(cfg.hidden_size, cfg.intermediate_size, cfg.activation, cfg.mlp_bias)

@@ -1,0 +1,91 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Family registry: one small file per family, keyed on HF `architectures` / `model_type`.
+
+A family translates HF's config.json to and from ModelConfig and declares its weight map as
+data (io/weight_map.py). Structural differences are ModelConfig fields, so a family never
+subclasses the backbone.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, ClassVar
+
+from ..config import ConfigError, ModelConfig
+from ..io.weight_map import WeightMap
+
+FAMILIES: dict[str, type[Family]] = {}  # family name -> class
+_BY_ARCH: dict[str, type[Family]] = {}
+_BY_MODEL_TYPE: dict[str, type[Family]] = {}
+
+# Imported lazily by `get_family` so that importing swisslm stays cheap.
+_FAMILY_MODULES = ("llama", "granite", "granite_moe", "olmoe", "gpt_neox", "bert")
+
+_REQUIRED = object()
+
+
+def register_family(cls: type[Family]) -> type[Family]:
+    FAMILIES[cls.name] = cls
+    for arch in cls.architectures:
+        _BY_ARCH[arch] = cls
+    _BY_MODEL_TYPE[cls.model_type] = cls
+    return cls
+
+
+def _load_all() -> None:
+    for mod in _FAMILY_MODULES:
+        try:
+            importlib.import_module(f"{__name__}.{mod}")
+        except ModuleNotFoundError as e:  # a family file not written yet
+            if e.name != f"{__name__}.{mod}":
+                raise
+
+
+def get_family(name: str) -> type[Family]:
+    _load_all()
+    if name not in FAMILIES:
+        raise ConfigError(f"unknown family {name!r}; registered: {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def family_for_hf_config(hf: dict[str, Any]) -> type[Family]:
+    _load_all()
+    for arch in hf.get("architectures") or []:
+        if arch in _BY_ARCH:
+            return _BY_ARCH[arch]
+    if hf.get("model_type") in _BY_MODEL_TYPE:
+        return _BY_MODEL_TYPE[hf["model_type"]]
+    raise ConfigError(
+        f"unsupported architecture {hf.get('architectures') or hf.get('model_type')!r}; "
+        f"supported: {sorted(_BY_ARCH)}"
+    )
+
+
+def hf_get(hf: dict[str, Any], key: str, default: Any = _REQUIRED) -> Any:
+    """Read a config.json key; a missing required key is an error naming it."""
+    if key in hf and hf[key] is not None:
+        return hf[key]
+    if default is _REQUIRED:
+        raise ConfigError(f"config.json is missing required key {key!r}")
+    return default
+
+
+class Family:
+    """Base: subclasses set the class attributes and implement the two config adapters."""
+
+    name: ClassVar[str]
+    architectures: ClassVar[tuple[str, ...]]
+    model_type: ClassVar[str]
+    WEIGHT_MAP: ClassVar[WeightMap]
+
+    @classmethod
+    def config_from_hf(cls, hf: dict[str, Any]) -> ModelConfig:
+        raise NotImplementedError
+
+    @classmethod
+    def config_to_hf(cls, cfg: ModelConfig) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def weight_map(cls, cfg: ModelConfig) -> WeightMap:
+        return cls.WEIGHT_MAP

@@ -1,0 +1,142 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Llama / SmolLM2 (https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct/blob/main/config.json).
+
+The default ModelConfig *is* Llama, so this file is mostly the name translation. Other
+decoder families (Granite, GraniteMoE, OLMoE) extend these adapters instead of copying them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import ConfigError, ModelConfig
+from ..io.weight_map import Part, WeightMap
+from . import Family, hf_get, register_family
+
+_ACT = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
+        "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+_ACT_BACK = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+
+
+def qkv_sizes(cfg: ModelConfig) -> list[int]:
+    return [cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim]
+
+
+def gate_up_sizes(cfg: ModelConfig) -> list[int]:
+    return [cfg.intermediate_size, cfg.intermediate_size]
+
+
+def activation_from_hf(hf: dict[str, Any], key: str = "hidden_act") -> str:
+    act = hf_get(hf, key, "silu")
+    if act not in _ACT:
+        raise ConfigError(f"config.json {key}={act!r} is not supported; supported: {sorted(_ACT)}")
+    return _ACT[act]
+
+
+def rope_from_hf(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, rope_scaling) from transformers v5 `rope_parameters` or v4 keys."""
+    params = dict(hf.get("rope_parameters") or {})
+    theta = float(params.pop("rope_theta", hf.get("rope_theta", 10000.0)))
+    scaling = params or hf.get("rope_scaling")
+    if scaling:
+        scaling = dict(scaling)
+        kind = scaling.get("rope_type", scaling.get("type", "default"))
+        if kind == "default":
+            return theta, None
+        if kind not in ("linear", "llama3"):
+            raise ConfigError(f"config.json rope_scaling type {kind!r} is not supported; supported: linear, llama3")
+        scaling["rope_type"] = kind
+        scaling.pop("type", None)
+    return theta, scaling or None
+
+
+def rope_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    params = {"rope_theta": cfg.rope_theta, "rope_type": "default", **(cfg.rope_scaling or {})}
+    out: dict[str, Any] = {"rope_parameters": params}
+    return out
+
+
+class Llama(Family):
+    name = "llama"
+    architectures = ("LlamaForCausalLM",)
+    model_type = "llama"
+
+    WEIGHT_MAP: WeightMap = {
+        "model.embed_tokens.weight": "embed.word.weight",
+        "model.layers.{layer}.self_attn.q_proj.weight": Part("layers.{layer}.attn.qkv.weight", 0, qkv_sizes),
+        "model.layers.{layer}.self_attn.k_proj.weight": Part("layers.{layer}.attn.qkv.weight", 1, qkv_sizes),
+        "model.layers.{layer}.self_attn.v_proj.weight": Part("layers.{layer}.attn.qkv.weight", 2, qkv_sizes),
+        "model.layers.{layer}.self_attn.q_proj.bias": Part("layers.{layer}.attn.qkv.bias", 0, qkv_sizes),
+        "model.layers.{layer}.self_attn.k_proj.bias": Part("layers.{layer}.attn.qkv.bias", 1, qkv_sizes),
+        "model.layers.{layer}.self_attn.v_proj.bias": Part("layers.{layer}.attn.qkv.bias", 2, qkv_sizes),
+        "model.layers.{layer}.self_attn.o_proj.weight": "layers.{layer}.attn.out.weight",
+        "model.layers.{layer}.self_attn.o_proj.bias": "layers.{layer}.attn.out.bias",
+        "model.layers.{layer}.mlp.gate_proj.weight": Part("layers.{layer}.mlp.gate_up.weight", 0, gate_up_sizes),
+        "model.layers.{layer}.mlp.up_proj.weight": Part("layers.{layer}.mlp.gate_up.weight", 1, gate_up_sizes),
+        "model.layers.{layer}.mlp.down_proj.weight": "layers.{layer}.mlp.down.weight",
+        "model.layers.{layer}.mlp.gate_proj.bias": Part("layers.{layer}.mlp.gate_up.bias", 0, gate_up_sizes),
+        "model.layers.{layer}.mlp.up_proj.bias": Part("layers.{layer}.mlp.gate_up.bias", 1, gate_up_sizes),
+        "model.layers.{layer}.mlp.down_proj.bias": "layers.{layer}.mlp.down.bias",
+        "model.layers.{layer}.input_layernorm.weight": "layers.{layer}.norm_attn.weight",
+        "model.layers.{layer}.post_attention_layernorm.weight": "layers.{layer}.norm_mlp.weight",
+        "model.layers.{layer}.self_attn.rotary_emb.inv_freq": None,
+        "model.norm.weight": "final_norm.weight",
+        "lm_head.weight": "head.proj.weight",
+    }
+
+    @classmethod
+    def config_from_hf(cls, hf: dict[str, Any]) -> ModelConfig:
+        theta, scaling = rope_from_hf(hf)
+        heads = hf_get(hf, "num_attention_heads")
+        attn_bias = bool(hf.get("attention_bias", False))
+        return ModelConfig(
+            family=cls.name,
+            vocab_size=hf_get(hf, "vocab_size"),
+            hidden_size=hf_get(hf, "hidden_size"),
+            num_layers=hf_get(hf, "num_hidden_layers"),
+            num_heads=heads,
+            num_kv_heads=hf_get(hf, "num_key_value_heads", heads),
+            head_dim=hf.get("head_dim"),
+            intermediate_size=hf_get(hf, "intermediate_size"),
+            max_position_embeddings=hf_get(hf, "max_position_embeddings", 2048),
+            norm_eps=float(hf_get(hf, "rms_norm_eps", 1e-6)),
+            attn_bias=attn_bias,
+            attn_out_bias=attn_bias,
+            mlp_bias=bool(hf.get("mlp_bias", False)),
+            activation=activation_from_hf(hf),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=hf.get("eos_token_id"),
+            pad_token_id=hf.get("pad_token_id"),
+            initializer_range=float(hf.get("initializer_range", 0.02)),
+        )
+
+    @classmethod
+    def config_to_hf(cls, cfg: ModelConfig) -> dict[str, Any]:
+        return {
+            "architectures": list(cls.architectures),
+            "model_type": cls.model_type,
+            "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.hidden_size,
+            "intermediate_size": cfg.intermediate_size,
+            "num_hidden_layers": cfg.num_layers,
+            "num_attention_heads": cfg.num_heads,
+            "num_key_value_heads": cfg.num_kv_heads,
+            "head_dim": cfg.head_dim,
+            "hidden_act": _ACT_BACK[cfg.activation],
+            "max_position_embeddings": cfg.max_position_embeddings,
+            "rms_norm_eps": cfg.norm_eps,
+            "attention_bias": cfg.attn_bias,
+            "mlp_bias": cfg.mlp_bias,
+            "tie_word_embeddings": cfg.tie_embeddings,
+            "bos_token_id": cfg.bos_token_id,
+            "eos_token_id": cfg.eos_token_id,
+            "pad_token_id": cfg.pad_token_id,
+            "initializer_range": cfg.initializer_range,
+            **rope_to_hf(cfg),
+        }
+
+
+register_family(Llama)

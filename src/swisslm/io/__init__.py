@@ -1,0 +1,1 @@
+"""Checkpoint formats: safetensors/HF folders, GGUF, tokenizers and chat templates."""

@@ -1,0 +1,181 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Load any supported checkpoint into the backbone, and export HF folders.
+
+Both sources (HF folder, GGUF file) are turned into a stream of (HF name, tensor) pairs plus
+an HF-style config dict, so one code path maps names, checks shapes and fills the model.
+The model is built on the meta device and filled with `load_state_dict(assign=True)`:
+no random init, no second copy of the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from ..config import ConfigError, ModelConfig
+from ..core.backbone import Transformer
+from ..families import family_for_hf_config, get_family
+from .errors import CheckpointError
+from .safetensors_io import iter_safetensors, save_sharded
+from .weight_map import CompiledMap
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Transformer)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def read_hf_config(path: Path) -> dict[str, Any]:
+    cfg_path = path / "config.json"
+    if not cfg_path.exists():
+        raise CheckpointError(f"{path}: no config.json (expected an HF model folder or a .gguf file)")
+    try:
+        hf = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path}: invalid JSON ({e})") from None
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object")
+    return hf
+
+
+def open_checkpoint(path: str | Path) -> tuple[dict[str, Any], Iterable[tuple[str, torch.Tensor]], Any]:
+    """(hf_config, tensor stream, tokenizer or None) for an HF folder or a .gguf file."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such file or folder")
+    if p.is_file():
+        if p.suffix != ".gguf":
+            raise CheckpointError(f"{p}: not a .gguf file or an HF model folder")
+        from .gguf import iter_gguf_tensors, read_gguf_config, read_gguf_tokenizer
+
+        return read_gguf_config(p), iter_gguf_tensors(p), read_gguf_tokenizer(p)
+    hf = read_hf_config(p)
+    tokenizer = None
+    if (p / "tokenizer.json").exists():
+        from .tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.from_folder(p)
+    return hf, iter_safetensors(p), tokenizer
+
+
+def _cast(tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    for name, t in tensors:
+        yield name, (t.to(dtype) if t.is_floating_point() else t)
+
+
+def fill_model(model: Transformer, state: dict[str, torch.Tensor], problems: list[str], source: str) -> None:
+    """Assign `state` into a meta-built model; every parameter filled, every shape equal, or one
+    error listing all mismatches."""
+    cfg = model.config
+    expected = model.state_dict()
+    tied = cfg.lm_head and cfg.tie_embeddings
+    if tied:
+        state.pop("head.proj.weight", None)  # the head *is* the embedding
+        expected.pop("head.proj.weight", None)
+    for name, t in state.items():
+        if name not in expected:
+            problems.append(f"tensor {name!r} has no parameter in the model")
+        elif tuple(t.shape) != tuple(expected[name].shape):
+            problems.append(f"{name}: shape {tuple(t.shape)} != expected {tuple(expected[name].shape)}")
+    missing = [n for n in expected if n not in state and not n.startswith("mixins.")]
+    problems += [f"missing tensor for {n!r}" for n in missing]
+    if problems:
+        shown = "; ".join(problems[:20]) + (f"; ... {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise CheckpointError(f"{source}: {len(problems)} weight problem(s): {shown}")
+    model.load_state_dict(state, strict=False, assign=True)
+    if tied:
+        model.head.proj.weight = model.embed.word.weight
+
+
+def build_on_meta(cfg: ModelConfig, model_cls: type[M]) -> M:
+    with torch.device("meta"):
+        return model_cls(cfg)
+
+
+def materialize_buffers(model: Transformer, device: torch.device | str) -> None:
+    """Non-persistent buffers (rotary inv_freq, ...) are computed, not loaded: rebuild them off meta."""
+    from ..core.rope import rope_inv_freq
+
+    model.register_buffer("inv_freq", rope_inv_freq(model.config).to(device), persistent=False)
+    for m in model.modules():
+        if hasattr(m, "materialize_buffers"):
+            m.materialize_buffers(device)
+
+
+def load_model(
+    path: str | Path,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    model_cls: type[M] = Transformer,  # type: ignore[assignment]
+) -> tuple[M, Any]:
+    """Load a checkpoint; returns (model in eval mode, tokenizer or None)."""
+    torch_dtype = parse_dtype(dtype)
+    hf, tensors, tokenizer = open_checkpoint(path)
+    if "swisslm" in hf:  # our own formats (quantized checkpoints) carry a native config
+        from ..quant import load_quantized  # noqa: PLC0415
+
+        return load_quantized(Path(path), hf, tensors, tokenizer, torch_dtype, device, model_cls)
+    family = family_for_hf_config(hf)
+    cfg = family.config_from_hf(hf)
+    model = build_on_meta(cfg, model_cls)
+    state, problems = CompiledMap(family.weight_map(cfg)).to_ours(_cast(tensors, torch_dtype), cfg)
+    fill_model(model, state, problems, str(path))
+    materialize_buffers(model, "cpu")
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def export_state(model: Transformer) -> dict[str, torch.Tensor]:
+    """Our state dict minus what HF does not store (tied head, mixin-owned tensors)."""
+    cfg = model.config
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("mixins.")}
+    if cfg.lm_head and cfg.tie_embeddings:
+        state.pop("head.proj.weight", None)
+    return state
+
+
+def save_hf(
+    model: Transformer,
+    folder: str | Path,
+    tokenizer: Any = None,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int = 5 * 1024**3,
+) -> Path:
+    """Write an HF folder (config.json, generation_config.json, safetensors, tokenizer files)."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    family = get_family(cfg.family)
+    hf_cfg = family.config_to_hf(cfg)
+    state = export_state(model)
+    dtype = dtype or next(iter(state.values())).dtype
+    hf_cfg["dtype"] = str(dtype).removeprefix("torch.")
+    hf_cfg.update({k: v for k, v in cfg.extra.items() if k not in hf_cfg})
+    tensors = {
+        name: t.detach().to("cpu", dtype if t.is_floating_point() else t.dtype)
+        for name, t in CompiledMap(family.weight_map(cfg)).to_hf(state, cfg)
+    }
+    save_sharded(tensors, out, max_shard_bytes)
+    (out / "config.json").write_text(json.dumps(hf_cfg, indent=2))
+    gen = {k: getattr(cfg, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id") if getattr(cfg, k) is not None}
+    if gen:
+        (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    if tokenizer is not None:
+        tokenizer.save(out)
+    return out

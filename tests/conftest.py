@@ -1,0 +1,40 @@
+# SPDX-License-Identifier: Apache-2.0
+import os
+
+import pytest
+import torch
+
+# Two cores in CI: keep torch from oversubscribing when pytest runs.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smollm2_path():
+    from swisslm.io.embedded import default_model_path
+    from swisslm.io.errors import CheckpointError
+
+    try:
+        return default_model_path()
+    except CheckpointError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_path):
+    import swisslm
+
+    return swisslm.AutoModel.from_pretrained(smollm2_path)
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    from swisslm.io.embedded import minilm_path
+    from swisslm.io.errors import CheckpointError
+
+    try:
+        return minilm_path()
+    except CheckpointError as e:
+        pytest.skip(str(e))
