@@ -147,3 +147,19 @@ def test_cached_decode_step_compiles_fullgraph():
             model(prompt, attention_mask=mask, input_pos=torch.arange(4))
             outs.append(torch.cat([fn(torch.tensor([[t]]), torch.tensor([4 + i])) for i, t in enumerate((3, 9))]))
     torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+
+
+def test_per_row_cache_positions_match_shared_positions():
+    """input_pos may be (B, T): rows at different positions (continuous batching)."""
+    model = tiny()
+    ids = torch.randint(0, 64, (2, 6))
+    with torch.no_grad():
+        full = model(ids).logits
+        model.setup_cache(2, 8)
+        model(ids[:, :4], input_pos=torch.arange(4))
+        # row 0 decodes position 4, row 1 re-decodes position 4 then 5 in a second call
+        pos = torch.tensor([[4], [4]])
+        step = model(ids[:, 4:5], input_pos=pos).logits
+        torch.testing.assert_close(step[:, 0], full[:, 4], atol=1e-5, rtol=0)
+        step = model(ids[:, 5:6], input_pos=torch.tensor([[5], [5]])).logits
+        torch.testing.assert_close(step[:, 0], full[:, 5], atol=1e-5, rtol=0)

@@ -192,10 +192,13 @@ class Transformer(SlotHost, nn.Module):
         softmaxes an all -inf row into NaN; those rows are ignored by every caller.
         """
         if input_pos is not None:  # cached: keys are the whole static buffer
-            m = self.causal_mask[input_pos][None, None]  # (1, 1, T, S)
+            # input_pos (T,) -> (1, 1, T, S); per-row (B, T) -> (B, 1, T, S)
+            m = self.causal_mask[input_pos].unsqueeze(-3)
+            m = m[None] if input_pos.dim() == 1 else m
             if attention_mask is not None:
                 pad = attention_mask[:, None, None, : self.max_cache_len].bool()
-                m = (m & pad) | self.diag_mask[input_pos][None, None]
+                diag = self.diag_mask[input_pos].unsqueeze(-3)
+                m = (m & pad) | (diag[None] if input_pos.dim() == 1 else diag)
             return m.expand(B, 1, T, self.max_cache_len)
         if attention_mask is None:
             return None
@@ -214,13 +217,14 @@ class Transformer(SlotHost, nn.Module):
         token_type_ids: torch.Tensor | None = None,
         num_logits_to_keep: int = 0,
     ) -> ModelOutput:
-        """input_ids (B, T). With `input_pos` (T,) the static KV cache is read and written at
-        those positions and `attention_mask` covers the whole cache (B, S_max)."""
+        """input_ids (B, T). With `input_pos` ((T,) shared, or (B, T) per row) the static KV cache
+        is read and written at those positions and `attention_mask` covers the whole cache
+        (B, S_max)."""
         B, T = input_ids.shape
         device = input_ids.device
         if position_ids is None:
             if input_pos is not None:
-                position_ids = input_pos[None].expand(B, T)
+                position_ids = input_pos.expand(B, T)
             elif attention_mask is not None and self.config.causal:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             else:

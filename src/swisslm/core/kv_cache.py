@@ -18,9 +18,16 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v (B, H_kv, T, D) at cache positions input_pos (T,); return the full buffers."""
-        self.k.index_copy_(2, input_pos, k)
-        self.v.index_copy_(2, input_pos, v)
+        """Write k, v (B, H_kv, T, D) at cache positions input_pos: (T,) shared by every row, or
+        (B, T) per row (continuous batching, where rows sit at different positions).
+        Returns the full buffers."""
+        if input_pos.dim() == 1:
+            self.k.index_copy_(2, input_pos, k)
+            self.v.index_copy_(2, input_pos, v)
+        else:
+            idx = input_pos[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])  # (B, H_kv, T, D)
+            self.k.scatter_(2, idx, k)
+            self.v.scatter_(2, idx, v)
         return self.k, self.v
 
     def reorder(self, index: torch.Tensor) -> None:

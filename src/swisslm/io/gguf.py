@@ -1,0 +1,410 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Read llama.cpp GGUF files into what the HF loading path consumes.
+
+A GGUF holds three things, and each gets one public reader here:
+
+    read_gguf_config(path)     -> HF config.json dict   (from `{arch}.*` metadata)
+    iter_gguf_tensors(path)    -> (HF name, fp32 tensor) (dequantized, q/k rows un-permuted)
+    read_gguf_tokenizer(path)  -> swisslm Tokenizer     (from `tokenizer.*` metadata)
+
+so a GGUF file goes through the same family weight maps as an HF folder: nothing downstream knows
+the file was a GGUF. Parsing uses `gguf.GGUFReader`, which memory-maps the file; tensors are
+dequantized one at a time as the iterator is consumed, so the file is never materialised twice.
+
+Parsing the header is not free: `GGUFReader` builds a small numpy view per vocabulary entry
+(~5 s for SmolLM2's 49k tokens + 49k merges). Every reader here therefore also accepts an open
+reader from `open_gguf`, so a loader parses the header once for config, tensors and tokenizer.
+
+Architectures are a registry (`GGUF_ARCHITECTURES`, llama.cpp's `general.architecture` ->
+converter), as CTranslate2 registers one loader per architecture; add an entry for a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import gguf
+import numpy as np
+import torch
+
+from swisslm.io.errors import CheckpointError
+from swisslm.io.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+GGUFSource = str | os.PathLike[str] | gguf.GGUFReader
+
+# llama.cpp's `tokenizer.ggml.token_type` values (llama_token_type in llama.h).
+TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+
+
+# ----------------------------------------------------------------------------------------------
+# Opening and metadata
+# ----------------------------------------------------------------------------------------------
+
+
+def open_gguf(path: str | os.PathLike[str]) -> gguf.GGUFReader:
+    """Open (memory-map) a GGUF file, turning every failure into one `CheckpointError` line.
+
+    Pass the result to the other readers to parse the header only once.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such GGUF file")
+    try:
+        return gguf.GGUFReader(p)
+    except (ValueError, KeyError, IndexError, OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{p}: not a readable GGUF file ({type(e).__name__}: {e})") from e
+
+
+def _open(src: GGUFSource) -> gguf.GGUFReader:
+    return src if isinstance(src, gguf.GGUFReader) else open_gguf(src)
+
+
+def _name(reader: gguf.GGUFReader) -> str:
+    """The file name for error messages (the reader's memmap keeps it)."""
+    return str(getattr(reader.data, "filename", None) or "<gguf>")
+
+
+def _value(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
+    """One metadata value as a plain Python object (str, int, float, bool or list)."""
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    try:
+        return f.contents()
+    except (UnicodeDecodeError, ValueError, IndexError) as e:
+        raise CheckpointError(f"{_name(reader)}: metadata {key!r} is corrupt ({e})") from e
+
+
+def read_gguf_metadata(src: GGUFSource, *, with_arrays: bool = False) -> dict[str, Any]:
+    """All key/value metadata of a GGUF file (for `swisslm info` and debugging).
+
+    Arrays (the vocabulary, merges, token types) are replaced by their length unless
+    `with_arrays` is set, so the result stays printable.
+    """
+    reader = _open(src)
+    out: dict[str, Any] = {}
+    for key, f in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        if f.types and f.types[0] == gguf.GGUFValueType.ARRAY and not with_arrays:
+            out[key] = f"<array of {len(f.data)}>"
+        else:
+            out[key] = _value(reader, key)
+    return out
+
+
+def _f32(x: float) -> float:
+    """The shortest decimal that round-trips the float32 GGUF stored.
+
+    GGUF keeps floats as float32, so `1e-5` comes back as 9.999999747378752e-06. The short form is
+    what the model's own config.json says, and it rounds to the same float32 in every kernel.
+    """
+    return float(repr(np.float32(x)))
+
+
+# ----------------------------------------------------------------------------------------------
+# q/k row permutation (llama.cpp's converter, for its interleaved rotary)
+# ----------------------------------------------------------------------------------------------
+
+
+def gguf_permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """HF -> GGUF: llama.cpp's `permute` of q_proj/k_proj rows (and biases).
+
+    HF's Llama applies rotary as rotate-half (pairs i and i + D/2 of each head); llama.cpp rotates
+    adjacent pairs (2i, 2i+1). Its converter reorders each head's rows so that the two agree:
+    `w.reshape(n_head, 2, rows // n_head // 2, *rest).swapaxes(1, 2).reshape(w.shape)`.
+    Use n_head = num_attention_heads for q and num_key_value_heads for k.
+    """
+    rows = w.shape[0]
+    if rows % (2 * n_head):
+        raise ValueError(f"cannot permute {tuple(w.shape)} for {n_head} heads: rows not divisible by 2 * n_head")
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """GGUF -> HF: the exact inverse of `gguf_permute_qk` (rows back to rotate-half order)."""
+    rows = w.shape[0]
+    if rows % (2 * n_head):
+        raise ValueError(f"cannot unpermute {tuple(w.shape)} for {n_head} heads: rows not divisible by 2 * n_head")
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# Architecture registry
+# ----------------------------------------------------------------------------------------------
+
+Transform = Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]
+
+
+def _unpermute_q(w: torch.Tensor, config: Mapping[str, Any]) -> torch.Tensor:
+    return gguf_unpermute_qk(w, config["num_attention_heads"])
+
+
+def _unpermute_k(w: torch.Tensor, config: Mapping[str, Any]) -> torch.Tensor:
+    return gguf_unpermute_qk(w, config["num_key_value_heads"])
+
+
+@dataclass(frozen=True)
+class GGUFArchitecture:
+    """How one llama.cpp architecture maps onto an HF one.
+
+    `config` builds the HF config.json dict from the reader. `tensors` maps GGUF tensor names
+    (with a `{layer}` placeholder) to (HF name, transform or None); an HF name of None drops the
+    tensor on purpose. A tensor that matches no entry is an error, so nothing is silently lost.
+    """
+
+    config: Callable[[gguf.GGUFReader, str], dict[str, Any]]
+    tensors: Mapping[str, tuple[str | None, Transform | None]]
+    _patterns: list[tuple[re.Pattern[str], str | None, Transform | None]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        pats = []
+        for src, (dst, fn) in self.tensors.items():
+            rx = re.escape(src).replace(re.escape("{layer}"), r"(?P<layer>\d+)")
+            pats.append((re.compile(rx + r"\Z"), dst, fn))
+        object.__setattr__(self, "_patterns", pats)
+
+    def hf_name(self, gguf_name: str) -> tuple[str | None, Transform | None] | None:
+        """(HF name or None to drop, transform) for a GGUF tensor name; None if unknown."""
+        for rx, dst, fn in self._patterns:
+            m = rx.match(gguf_name)
+            if m:
+                return (dst.format(**m.groupdict()) if dst is not None else None), fn
+        return None
+
+
+def _arch(reader: gguf.GGUFReader) -> str:
+    arch = _value(reader, "general.architecture")
+    if not isinstance(arch, str):
+        raise CheckpointError(f"{_name(reader)}: GGUF has no general.architecture")
+    return arch
+
+
+def _req(reader: gguf.GGUFReader, key: str) -> Any:
+    v = _value(reader, key)
+    if v is None:
+        raise CheckpointError(f"{_name(reader)}: GGUF metadata lacks {key!r}")
+    if isinstance(v, list):
+        raise CheckpointError(f"{_name(reader)}: per-layer {key!r} is not supported")
+    return v
+
+
+def _tensor_dims(reader: gguf.GGUFReader, name: str) -> tuple[int, ...] | None:
+    """A tensor's shape in torch order (GGUF stores ne0 = the fastest dim first)."""
+    for t in reader.tensors:
+        if t.name == name:
+            return tuple(int(d) for d in reversed(t.shape.tolist()))
+    return None
+
+
+def _rope_scaling(reader: gguf.GGUFReader, arch: str) -> dict[str, Any] | None:
+    """HF `rope_scaling` from llama.cpp's `{arch}.rope.scaling.*` keys (None when absent or 'none')."""
+    kind = _value(reader, f"{arch}.rope.scaling.type")
+    factor = _value(reader, f"{arch}.rope.scaling.factor")
+    if kind is None and _value(reader, f"{arch}.rope.scale_linear") is not None:  # pre-2024 files
+        kind, factor = "linear", _value(reader, f"{arch}.rope.scale_linear")
+    if kind in (None, "none"):
+        return None
+    if kind not in ("linear", "yarn"):
+        raise CheckpointError(f"{_name(reader)}: rope scaling type {kind!r} is not supported (linear, yarn)")
+    out: dict[str, Any] = {"rope_type": kind, "factor": _f32(factor if factor is not None else 1.0)}
+    orig = _value(reader, f"{arch}.rope.scaling.original_context_length")
+    if orig is not None:
+        out["original_max_position_embeddings"] = int(orig)
+    return out
+
+
+def _llama_config(reader: gguf.GGUFReader, arch: str) -> dict[str, Any]:
+    """LlamaConfig keys from llama.cpp's `llama.*` metadata (convert_hf_to_gguf.py, read backwards)."""
+    name = _name(reader)
+    if _tensor_dims(reader, "rope_freqs.weight") is not None:
+        # Llama 3.1-style frequency factors: HF keeps them as rope_scaling parameters that the
+        # tensor does not carry, and dropping it would change the maths silently.
+        raise CheckpointError(f"{name}: llama3-style rope_freqs.weight (Llama 3.1 rope scaling) is not supported yet")
+    hidden = int(_req(reader, f"{arch}.embedding_length"))
+    heads = int(_req(reader, f"{arch}.attention.head_count"))
+    kv_heads = int(_value(reader, f"{arch}.attention.head_count_kv", heads))
+    head_dim = int(_value(reader, f"{arch}.attention.key_length", hidden // heads))
+    rot_dim = _value(reader, f"{arch}.rope.dimension_count")
+    if rot_dim is not None and int(rot_dim) != head_dim:
+        raise CheckpointError(f"{name}: partial rotary (rope.dimension_count {rot_dim} != head_dim {head_dim}) "
+                              "is not supported for llama")
+    vocab = _value(reader, f"{arch}.vocab_size")
+    if vocab is None:
+        dims = _tensor_dims(reader, "token_embd.weight")
+        if dims is None:
+            raise CheckpointError(f"{name}: cannot tell the vocabulary size (no vocab_size, no token_embd.weight)")
+        vocab = dims[0]
+    cfg: dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": int(_req(reader, f"{arch}.feed_forward_length")),
+        "num_hidden_layers": int(_req(reader, f"{arch}.block_count")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "max_position_embeddings": int(_value(reader, f"{arch}.context_length", 2048)),
+        "rms_norm_eps": _f32(_req(reader, f"{arch}.attention.layer_norm_rms_epsilon")),
+        "rope_theta": _f32(_value(reader, f"{arch}.rope.freq_base", 10000.0)),
+        "vocab_size": int(vocab),
+        "hidden_act": "silu",
+        "attention_bias": _tensor_dims(reader, "blk.0.attn_q.bias") is not None,
+        "mlp_bias": False,
+        "tie_word_embeddings": _tensor_dims(reader, "output.weight") is None,
+    }
+    for hf_key, gguf_key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
+                             ("pad_token_id", "padding_token_id")):
+        v = _value(reader, f"tokenizer.ggml.{gguf_key}")
+        if v is not None:
+            cfg[hf_key] = int(v)
+    rope_scaling = _rope_scaling(reader, arch)
+    if rope_scaling is not None:
+        cfg["rope_scaling"] = rope_scaling
+    return cfg
+
+
+_LLAMA_TENSORS: dict[str, tuple[str | None, Transform | None]] = {
+    "token_embd.weight": ("model.embed_tokens.weight", None),
+    "output_norm.weight": ("model.norm.weight", None),
+    "output.weight": ("lm_head.weight", None),
+    "blk.{layer}.attn_norm.weight": ("model.layers.{layer}.input_layernorm.weight", None),
+    "blk.{layer}.attn_q.weight": ("model.layers.{layer}.self_attn.q_proj.weight", _unpermute_q),
+    "blk.{layer}.attn_k.weight": ("model.layers.{layer}.self_attn.k_proj.weight", _unpermute_k),
+    "blk.{layer}.attn_v.weight": ("model.layers.{layer}.self_attn.v_proj.weight", None),
+    "blk.{layer}.attn_output.weight": ("model.layers.{layer}.self_attn.o_proj.weight", None),
+    "blk.{layer}.attn_q.bias": ("model.layers.{layer}.self_attn.q_proj.bias", _unpermute_q),
+    "blk.{layer}.attn_k.bias": ("model.layers.{layer}.self_attn.k_proj.bias", _unpermute_k),
+    "blk.{layer}.attn_v.bias": ("model.layers.{layer}.self_attn.v_proj.bias", None),
+    "blk.{layer}.attn_output.bias": ("model.layers.{layer}.self_attn.o_proj.bias", None),
+    "blk.{layer}.ffn_norm.weight": ("model.layers.{layer}.post_attention_layernorm.weight", None),
+    "blk.{layer}.ffn_gate.weight": ("model.layers.{layer}.mlp.gate_proj.weight", None),
+    "blk.{layer}.ffn_up.weight": ("model.layers.{layer}.mlp.up_proj.weight", None),
+    "blk.{layer}.ffn_down.weight": ("model.layers.{layer}.mlp.down_proj.weight", None),
+    # Precomputed rotary tables some old converters wrote; HF recomputes them.
+    "blk.{layer}.attn_rot_embd": (None, None),
+}
+
+GGUF_ARCHITECTURES: dict[str, GGUFArchitecture] = {
+    "llama": GGUFArchitecture(config=_llama_config, tensors=_LLAMA_TENSORS),
+}
+
+
+def _architecture(reader: gguf.GGUFReader) -> tuple[str, GGUFArchitecture]:
+    arch = _arch(reader)
+    conv = GGUF_ARCHITECTURES.get(arch)
+    if conv is None:
+        raise CheckpointError(f"{_name(reader)}: GGUF architecture {arch!r} is not supported "
+                              f"(supported: {sorted(GGUF_ARCHITECTURES)})")
+    return arch, conv
+
+
+# ----------------------------------------------------------------------------------------------
+# Public readers
+# ----------------------------------------------------------------------------------------------
+
+
+def read_gguf_config(path: GGUFSource) -> dict[str, Any]:
+    """An HF-style config.json dict for the model in a GGUF file.
+
+    Keys are exactly those of the HF config class (LlamaConfig for `llama`), so the family
+    adapters that read HF folders read this too. Raises CheckpointError for an architecture
+    not in GGUF_ARCHITECTURES, naming it and the supported ones.
+    """
+    reader = _open(path)
+    arch, conv = _architecture(reader)
+    return conv.config(reader, arch)
+
+
+def _dequantize(reader: gguf.GGUFReader, t: Any) -> np.ndarray:
+    """One tensor as a writable float32 array in torch order ([out, in] for linears)."""
+    try:
+        w = gguf.quants.dequantize(t.data, t.tensor_type)
+    except NotImplementedError as e:
+        raise CheckpointError(f"{_name(reader)}: tensor {t.name} is {t.tensor_type.name}, which gguf "
+                              f"{_gguf_version()} cannot dequantize") from e
+    shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists ne0 (innermost) first
+    if w.size != int(np.prod(shape)):
+        raise CheckpointError(f"{_name(reader)}: tensor {t.name} dequantized to {w.size} values, "
+                              f"expected {shape}")
+    w = w.reshape(shape)
+    if w.dtype != np.float32:
+        w = w.astype(np.float32)
+    elif not w.flags.writeable:  # F32 comes back as a view of the read-only memmap
+        w = w.copy()
+    return w
+
+
+def _gguf_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("gguf")
+    except Exception:  # noqa: BLE001 - only used to word an error
+        return "(unknown version)"
+
+
+def iter_gguf_tensors(path: GGUFSource, dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (HF name, tensor) for every tensor of a GGUF file, dequantized, in HF layout.
+
+    Tensors come out in file order, one at a time, so peak memory is one dequantized tensor on
+    top of the memory-mapped file. q_proj/k_proj rows are un-permuted (`gguf_unpermute_qk`), so the
+    result equals what transformers' own GGUF loading produces. Dequantization is
+    `gguf.quants.dequantize` in float32, then cast to `dtype`. Every tensor must be known to the
+    architecture's map (unknown ones are listed in one CheckpointError before anything is yielded).
+    """
+    reader = _open(path)
+    arch, conv = _architecture(reader)
+    config = conv.config(reader, arch)
+    plan = []
+    unknown = []
+    for t in reader.tensors:
+        entry = conv.hf_name(t.name)
+        if entry is None:
+            unknown.append(t.name)
+        elif entry[0] is not None:
+            plan.append((t, entry[0], entry[1]))
+    if unknown:
+        raise CheckpointError(f"{_name(reader)}: {len(unknown)} GGUF tensor(s) unknown to the {arch!r} map: "
+                              f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}")
+    for t, hf, fn in plan:
+        w = torch.from_numpy(_dequantize(reader, t))
+        if fn is not None:
+            w = fn(w, config)
+        yield hf, (w if dtype == torch.float32 else w.to(dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer
+# ----------------------------------------------------------------------------------------------
+
+
+def read_gguf_tokenizer(path: GGUFSource, *,
+                        pre_tokenizer: Literal["llama.cpp", "transformers"] = "llama.cpp") -> Tokenizer:
+    """The tokenizer a GGUF file describes, as a swisslm Tokenizer.
+
+    Built from `tokenizer.ggml.*`: "gpt2" (byte-level BPE) and "llama" (sentencepiece-style BPE
+    with byte fallback). Control tokens become special added tokens and user-defined ones plain
+    added tokens, as llama.cpp and transformers both do; `tokenizer.chat_template`,
+    `add_bos_token`/`add_eos_token` and the bos/eos/unk/pad ids carry over.
+
+    `pre_tokenizer` picks how `tokenizer.ggml.pre` is read. "llama.cpp" (default) splits text the
+    way llama.cpp does for that name, which is what the model was trained with (for SmolLM2's
+    "smollm": each digit on its own, then GPT-2's regex — its original tokenizer.json). "transformers"
+    copies transformers' GGUF converter, which has no entry for "smollm" and so falls back to plain
+    GPT-2 splitting: ids then differ when whitespace precedes a digit ("a  1").
+    """
+    from swisslm.io import _gguf_tokenizer
+
+    reader = _open(path)
+    return _gguf_tokenizer.build(reader, _name(reader), _value, pre_tokenizer=pre_tokenizer)
