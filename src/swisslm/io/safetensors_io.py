@@ -79,5 +79,6 @@ def save_sharded(
         for k, t in shard.items():
             weight_map[k] = name
             total += t.numel() * t.element_size()
-    (folder / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2))
     return paths
