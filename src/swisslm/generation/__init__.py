@@ -1,6 +1,15 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Generation: logits processing, sampling and the KV-cached decode loop."""
+"""Generation: logits processing, sampling, beam search, stop strings, streaming, logprobs and
+scoring (perplexity, log-likelihood)."""
 
 from .generate import GenerationConfig, generate
+from .logprobs import MAX_TOP_LOGPROBS, sequence_logprobs, token_logprobs
+from .scoring import LoglikelihoodResult, PerplexityResult, loglikelihood, perplexity, perplexity_details
+from .stopping import StopHit, StopStrings, truncate_at_stop
+from .streaming import TextDeltas
 
-__all__ = ["GenerationConfig", "generate"]
+__all__ = [
+    "GenerationConfig", "generate", "MAX_TOP_LOGPROBS", "sequence_logprobs", "token_logprobs",
+    "LoglikelihoodResult", "PerplexityResult", "loglikelihood", "perplexity", "perplexity_details",
+    "StopHit", "StopStrings", "truncate_at_stop", "TextDeltas",
+]
