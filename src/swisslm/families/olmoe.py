@@ -1,0 +1,78 @@
+# SPDX-License-Identifier: Apache-2.0
+"""OLMoE (https://huggingface.co/allenai/OLMoE-1B-7B-0924/blob/main/config.json).
+
+Llama attention with q/k RMSNorm over the *full* projected width, before the head split and
+rotary (`qk_norm="full"`), optional `clip_qkv` on q, k and v, and a top-k MoE MLP (64 experts,
+top-8, expert ffn 1024 in the released 1B-7B). Routing is softmax -> top-k, renormalised only
+with `norm_topk_prob`. HF stores one gate/up/down Linear per expert; the map stacks them into
+our [E, out, in] tensors (gate and up pieces concatenated along dim 1 into `gate_up`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import ModelConfig
+from ..io.weight_map import Part, WeightMap
+from . import hf_get, register_family
+from .granite_moe import ATTENTION_AND_NORMS
+from .llama import Llama
+
+
+def expert_gate_up_sizes(cfg: ModelConfig) -> list[int]:
+    return [cfg.moe_intermediate_size, cfg.moe_intermediate_size]
+
+
+_EXPERT = "model.layers.{layer}.mlp.experts.{expert}."
+
+
+class Olmoe(Llama):
+    name = "olmoe"
+    architectures = ("OlmoeForCausalLM",)
+    model_type = "olmoe"
+
+    WEIGHT_MAP: WeightMap = {
+        **ATTENTION_AND_NORMS,
+        "model.layers.{layer}.self_attn.q_norm.weight": "layers.{layer}.attn.qkv_norm.q_norm.weight",
+        "model.layers.{layer}.self_attn.k_norm.weight": "layers.{layer}.attn.qkv_norm.k_norm.weight",
+        "model.layers.{layer}.mlp.gate.weight": "layers.{layer}.mlp.router.weight",
+        _EXPERT + "gate_proj.weight": Part("layers.{layer}.mlp.gate_up", 0, expert_gate_up_sizes, dim=1),
+        _EXPERT + "up_proj.weight": Part("layers.{layer}.mlp.gate_up", 1, expert_gate_up_sizes, dim=1),
+        _EXPERT + "down_proj.weight": "layers.{layer}.mlp.down",
+    }
+
+    @classmethod
+    def config_from_hf(cls, hf: dict[str, Any]) -> ModelConfig:
+        clip = hf.get("clip_qkv")
+        return super().config_from_hf(hf).replace(
+            norm_eps=float(hf_get(hf, "rms_norm_eps", 1e-5)),
+            qk_norm="full",
+            clip_qkv=None if clip is None else float(clip),
+            num_experts=hf_get(hf, "num_experts"),
+            num_experts_per_tok=hf_get(hf, "num_experts_per_tok"),
+            moe_intermediate_size=hf_get(hf, "intermediate_size"),
+            norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+            router_aux_loss_coef=float(hf_get(hf, "router_aux_loss_coef", 0.01)),
+            # Not an HF OlmoeConfig key (transformers has no z-loss); read when present.
+            router_z_loss_coef=float(hf_get(hf, "router_z_loss_coef", 0.0)),
+        )
+
+    @classmethod
+    def config_to_hf(cls, cfg: ModelConfig) -> dict[str, Any]:
+        out = super().config_to_hf(cfg)
+        for key in ("mlp_bias", "head_dim"):  # OlmoeConfig has neither
+            out.pop(key, None)
+        out.update(
+            intermediate_size=cfg.moe_intermediate_size,
+            clip_qkv=cfg.clip_qkv,
+            num_experts=cfg.num_experts,
+            num_experts_per_tok=cfg.num_experts_per_tok,
+            norm_topk_prob=cfg.norm_topk_prob,
+            router_aux_loss_coef=cfg.router_aux_loss_coef,
+        )
+        if cfg.router_z_loss_coef:
+            out["router_z_loss_coef"] = cfg.router_z_loss_coef
+        return out
+
+
+register_family(Olmoe)
