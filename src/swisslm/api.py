@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,8 @@ import torch
 
 from .config import ModelConfig
 from .core.backbone import Transformer
-from .generation import GenerationConfig
-from .generation import generate as _generate
+from .generation import GenerationConfig, GenerationResult, LoglikelihoodResult, TextStream, loglikelihood, stream
+from .generation.generate import run as run_generation
 from .io.embedded import default_model_path
 from .io.loader import build_on_meta, load_model, materialize_buffers, parse_dtype, save_hf
 
@@ -26,6 +27,29 @@ class Model(Transformer):
 
     tokenizer: Any = None
     source: str | None = None
+
+    def generation_config(
+        self,
+        max_new_tokens: int = 32,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        **kwargs: Any,
+    ) -> GenerationConfig:
+        """A GenerationConfig with this checkpoint's EOS ids (tokenizer's stop ids, else the
+        config's) and pad id filled in; kwargs are GenerationConfig fields."""
+        if eos_token_id is None:
+            eos = list(getattr(self.tokenizer, "eos_token_ids", None) or []) or self.config.eos_ids
+        else:
+            eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        if pad_token_id is None:
+            pad_token_id = self.config.pad_token_id
+        if kwargs.get("stop") is None:
+            kwargs.pop("stop", None)
+        unknown = set(kwargs) - {f.name for f in dataclasses.fields(GenerationConfig)}
+        if unknown:
+            raise TypeError(f"generate() got unexpected keyword arguments: {sorted(unknown)}")
+        return GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad_token_id,
+                                **kwargs)
 
     @torch.no_grad()
     def generate(
@@ -39,31 +63,69 @@ class Model(Transformer):
         min_p: float = 0.0,
         repetition_penalty: float = 1.0,
         num_beams: int = 1,
-        seed: int | None = None,
+        seed: int | list[int] | None = None,
         stop: list[str] | None = None,
         attention_mask: torch.Tensor | None = None,
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
+        return_dict_in_generate: bool = False,
         **kwargs: Any,
-    ) -> torch.Tensor:
-        """HF-like: returns (B, T + new) token ids."""
-        if eos_token_id is None:
-            eos = list(getattr(self.tokenizer, "eos_token_ids", None) or []) or self.config.eos_ids
-        else:
-            eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-        if pad_token_id is None:
-            pad_token_id = self.config.pad_token_id
-        gen_cfg = GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
-            top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, seed=seed,
-            eos_token_id=eos, pad_token_id=pad_token_id,
-        )
-        if num_beams != 1 or stop or kwargs:
-            from .generation import advanced  # beam search, stop strings, logprobs
+    ) -> torch.Tensor | GenerationResult:
+        """HF-like: returns (B * num_return_sequences, T + new) token ids; with
+        `return_dict_in_generate=True` a GenerationResult (texts, finish reasons, logprobs,
+        beam `sequences_scores`). Other kwargs are GenerationConfig fields: length_penalty,
+        early_stopping, num_return_sequences, no_repeat_ngram_size, logprobs, top_logprobs,
+        prompt_logprobs. Stop strings end a row once its decoded text contains one; the ids
+        then include the token that completed it, the result's texts stop before it."""
+        cfg = self.generation_config(
+            max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+            do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+            repetition_penalty=repetition_penalty, num_beams=num_beams, seed=seed, stop=stop, **kwargs)
+        if (cfg.logprobs or cfg.prompt_logprobs) and not return_dict_in_generate:
+            raise ValueError("logprobs come in the GenerationResult: pass return_dict_in_generate=True")
+        res = run_generation(self, input_ids, attention_mask, cfg, self.tokenizer)
+        return res if return_dict_in_generate else res.sequences
 
-            return advanced.generate(self, input_ids, attention_mask, gen_cfg, num_beams=num_beams,
-                                     stop=stop, tokenizer=self.tokenizer, **kwargs)
-        return _generate(self, input_ids, attention_mask, gen_cfg)
+    def _encode_prompt(self, prompt: str | list[int] | torch.Tensor, chat: bool) -> torch.Tensor:
+        device = next(self.parameters()).device
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("a text prompt needs a tokenizer")
+            if chat:
+                ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                         add_generation_prompt=True, tokenize=True)
+            else:
+                ids = self.tokenizer.encode(prompt)
+            return torch.tensor([ids], device=device)
+        return torch.as_tensor(prompt, device=device).long().reshape(1, -1)
+
+    def stream(self, prompt: str | list[int] | torch.Tensor, chat: bool = False, **kwargs: Any) -> TextStream:
+        """Iterate over the completion of one prompt as UTF-8-complete text deltas:
+
+            for delta in model.stream("Once upon a time", max_new_tokens=50):
+                print(delta, end="", flush=True)
+
+        `prompt` is text (wrapped in the chat template with chat=True) or token ids; kwargs
+        are generate()'s (greedy or sampling; stop strings are honoured and never emitted)."""
+        cfg = self.generation_config(**kwargs)
+        return stream(self, self._encode_prompt(prompt, chat), cfg, self.tokenizer)
+
+    @torch.no_grad()
+    def score(self, context: str | list[int], continuations: list[str] | list[list[int]],
+              batch_size: int = 8) -> list[LoglikelihoodResult]:
+        """log P(continuation | context) for each continuation (lm-evaluation-harness's
+        loglikelihood). Text is split as the harness does: trailing spaces of the context
+        move to the continuation, and the continuation's tokens are those of context +
+        continuation past the context's tokens."""
+        from .generation.scoring import encode_pair
+
+        reqs = []
+        for cont in continuations:
+            if isinstance(context, str) != isinstance(cont, str):
+                raise ValueError("context and continuations must both be text or both token ids")
+            reqs.append(encode_pair(self.tokenizer, context, cont) if isinstance(cont, str)
+                        else (list(context), list(cont)))
+        return loglikelihood(self, reqs, batch_size=batch_size)
 
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype | str | None = None) -> Path:
         return save_hf(self, folder, self.tokenizer, parse_dtype(dtype) if dtype else None)

@@ -2,14 +2,15 @@
 """Generation: logits processing, sampling, beam search, stop strings, streaming, logprobs and
 scoring (perplexity, log-likelihood)."""
 
-from .generate import GenerationConfig, generate
+from .generate import GenerationConfig, GenerationResult, Step, decode_steps, generate, run
 from .logprobs import MAX_TOP_LOGPROBS, sequence_logprobs, token_logprobs
-from .scoring import LoglikelihoodResult, PerplexityResult, loglikelihood, perplexity, perplexity_details
+from .scoring import LoglikelihoodResult, PerplexityResult, encode_pair, loglikelihood, perplexity, perplexity_details
 from .stopping import StopHit, StopStrings, truncate_at_stop
-from .streaming import TextDeltas
+from .streaming import TextDeltas, TextStream, stream
 
 __all__ = [
-    "GenerationConfig", "generate", "MAX_TOP_LOGPROBS", "sequence_logprobs", "token_logprobs",
-    "LoglikelihoodResult", "PerplexityResult", "loglikelihood", "perplexity", "perplexity_details",
-    "StopHit", "StopStrings", "truncate_at_stop", "TextDeltas",
+    "GenerationConfig", "GenerationResult", "Step", "decode_steps", "generate", "run",
+    "MAX_TOP_LOGPROBS", "sequence_logprobs", "token_logprobs",
+    "LoglikelihoodResult", "PerplexityResult", "encode_pair", "loglikelihood", "perplexity", "perplexity_details",
+    "StopHit", "StopStrings", "truncate_at_stop", "TextDeltas", "TextStream", "stream",
 ]

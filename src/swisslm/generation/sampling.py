@@ -45,6 +45,23 @@ def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, float("-inf"))
 
 
+def apply_no_repeat_ngram(logits: torch.Tensor, seq: torch.Tensor, n: int) -> torch.Tensor:
+    """Ban every token that would complete an n-gram already present in `seq` (B, L) (HF's
+    NoRepeatNGramLogitsProcessor, vectorised the same way). Positions holding -1 (left padding
+    masked out by the caller) never match, so padding neither bans nor is banned."""
+    L = seq.shape[-1]
+    if n <= 0 or L < n:
+        return logits
+    prefix = seq[:, L + 1 - n :]  # (B, n-1): the n-gram the next token would complete
+    windows = seq.unfold(1, n, 1)  # (B, L-n+1, n)
+    matches = (windows[..., :-1] == prefix.unsqueeze(1)).all(dim=-1)  # (B, L-n+1)
+    V = logits.shape[-1]
+    banned = torch.zeros(logits.shape[0], V + 1, dtype=torch.bool, device=logits.device)
+    # non-matching windows scatter into a spare column so they cannot unban a matching one
+    banned.scatter_(1, torch.where(matches, windows[..., -1].clamp(0, V), V), True)
+    return logits.masked_fill(banned[:, :V], float("-inf"))
+
+
 def process_logits(
     logits: torch.Tensor,
     seen: torch.Tensor | None,
@@ -55,10 +72,16 @@ def process_logits(
     min_p: float = 0.0,
     repetition_penalty: float = 1.0,
     do_sample: bool = True,
+    no_repeat_ngram_size: int = 0,
+    ngram_seq: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """`seen` (B, L): ids the repetition penalty looks at (padding replaced by a real id of the
+    row); `ngram_seq` (B, L): the sequence for no-repeat-ngram (padding as -1)."""
     logits = logits.float()
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+    if ngram_seq is not None:
+        logits = apply_no_repeat_ngram(logits, ngram_seq, no_repeat_ngram_size)
     if not do_sample:
         return logits
     if temperature != 1.0:
@@ -69,6 +92,18 @@ def process_logits(
 
 
 def sample(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Draw one token per row (B, V) -> (B,)."""
+    """Draw one token per row (B, V) -> (B,) from one generator shared by the batch."""
     probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def sample_rows(logits: torch.Tensor, generators: list[torch.Generator | None],
+                active: list[bool]) -> torch.Tensor:
+    """Draw one token per row, row r from its own generator: a row's draws then depend only on
+    its own seed and logits, never on its batch neighbours. Inactive rows get token 0."""
+    probs = logits.softmax(-1)
+    out = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    for r, (g, on) in enumerate(zip(generators, active)):
+        if on:
+            out[r] = torch.multinomial(probs[r : r + 1], 1, generator=g)[0, 0]
+    return out

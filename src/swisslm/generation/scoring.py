@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -124,3 +125,17 @@ def loglikelihood(
             greedy = bool((lg.argmax(-1) == tgt).all())
             results[i] = LoglikelihoodResult(float(lp.double().sum()), greedy, lp.tolist())
     return results  # type: ignore[return-value]
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of (context, continuation) as lm-evaluation-harness splits them: trailing
+    whitespace of the context moves to the continuation, the pair is encoded whole, and the
+    continuation is whatever follows the context's own tokens (so a merge across the boundary
+    is scored as the model would see it)."""
+    n_space = len(context) - len(context.rstrip())
+    if n_space:
+        continuation = context[-n_space:] + continuation
+        context = context[:-n_space]
+    whole = tokenizer.encode(context + continuation)
+    ctx = tokenizer.encode(context)
+    return whole[: len(ctx)], whole[len(ctx):]
