@@ -169,5 +169,7 @@ class SlotHost:
         for slot, chain in self.slot_providers().items():
             lines.append(f"{slot:<20} {' -> '.join(chain)}")
         if self.mixins:
-            lines.append("mixins: " + ", ".join(f"{n} ({type(m).__name__})" for n, m in self.mixins.items()))
+            lines.append("mixins: " + ", ".join(
+                f"{n} ({type(m).__name__}{': ' + m.extra_repr() if m.extra_repr() else ''})"
+                for n, m in self.mixins.items()))
         return "\n".join(lines)

@@ -1,0 +1,539 @@
+# SPDX-License-Identifier: Apache-2.0
+"""LoRA as a mixin: `model.add_mixin("lora", LoRAMixin(r=16, alpha=32))`.
+
+`attach` swaps each targeted linear in place for a `LoRALinear` that holds the original module
+(frozen) plus the adapter, so the adapter weights live in the layer (`layers.3.attn.qkv.lora_a`)
+as in SAT's lora2; `detach` puts the original modules back. No parallel class tree.
+
+Targets are named in HF's vocabulary (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj,
+down_proj, ...), read from the family's weight map: a `Part` entry says which rows of which fused
+tensor an HF projection is, so one fused linear (our `attn.qkv`) carries one A/B pair per HF
+projection it contains. That makes the PEFT format an exact renaming (finetune/peft_format.py),
+for every family, without a table of Llama names here.
+
+MoE experts (stacked `[E, out, in]` parameters, core/moe.py) get per-expert A/B stacked as
+`[E, r, in]` / `[E, out, r]`, applied inside the grouped expert compute through the MoE module's
+`expert_lora` hook; their names follow transformers' fused expert parameters
+(`mlp.experts.gate_up_proj`), which is what PEFT's `target_parameters` adapts.
+
+Maths (PEFT's): y = W x + b + s * B A dropout(x), s = alpha / r (alpha / sqrt(r) with rsLoRA).
+A is Kaiming-uniform, B zero, so a fresh adapter leaves the model unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.slots import Mixin
+
+DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "v_proj")  # PEFT's default for Llama-style models
+ALL_LINEAR = "all-linear"
+
+
+# ----------------------------------------------------------------------------------------------
+# Where LoRA can go: sites (our modules / stacked expert parameters) and their HF-named slices
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One HF projection inside one of our (possibly fused) weights: rows [start, start+size)."""
+
+    hf: str  # HF module name, e.g. "model.layers.3.self_attn.q_proj"
+    start: int
+    size: int
+    # Row-layout change between HF and us (GPT-NeoX's interleaved qkv), applied to B.
+    to_hf: Callable[[torch.Tensor], torch.Tensor] | None = None
+    to_ours: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+@dataclass
+class Site:
+    """A weight LoRA can adapt: a linear module (`param is None`) or a stacked expert parameter."""
+
+    module: str  # our module path: "layers.3.attn.qkv" or, for experts, "layers.3.mlp"
+    slices: list[Slice]
+    param: str | None = None  # "gate_up" / "down" for MoE experts
+    is_head: bool = False
+    num_experts: int = 0
+
+    @property
+    def expert(self) -> bool:
+        return self.param is not None
+
+
+def _linear_like(m: nn.Module) -> bool:
+    """nn.Linear or a quantized linear from swisslm.quant (in/out features, dequantize())."""
+    return isinstance(m, nn.Linear) or (
+        hasattr(m, "in_features") and hasattr(m, "out_features") and hasattr(m, "dequantize"))
+
+
+def _base_of(m: nn.Module) -> nn.Module:
+    return m.base if isinstance(m, LoRALinear) else m
+
+
+def find_sites(model: nn.Module) -> list[Site]:
+    """Every weight of `model` that LoRA can adapt, with its HF projection names.
+
+    Read from the family's weight map so each family's fused layout (qkv, gate_up, stacked
+    experts) and names come from the one table that loading and export use.
+    """
+    from ..families import get_family
+    from ..io.weight_map import Part, Transform
+
+    cfg = model.config
+    wmap = get_family(cfg.family).weight_map(cfg)
+    sites: dict[tuple[str, str | None], Site] = {}
+    layers = range(cfg.num_layers)
+    for pattern, target in wmap.items():
+        if target is None or not pattern.endswith(".weight"):
+            continue
+        dest = target if isinstance(target, str) else target.dest
+        hf_mod = pattern[: -len(".weight")]
+        stacked = "{expert}" in pattern and "{expert}" not in dest
+        for layer in layers if "{layer}" in pattern else [None]:
+            fmt = {"layer": layer} if layer is not None else {}
+            if stacked:
+                site = _expert_site(model, sites, pattern, dest, fmt, target)
+                if site is None:
+                    continue
+                continue
+            d = dest.format(**fmt)
+            if not d.endswith(".weight"):
+                continue
+            mod_name = d[: -len(".weight")]
+            try:
+                mod = _base_of(model.get_submodule(mod_name))
+            except AttributeError:
+                continue
+            if not _linear_like(mod):
+                continue
+            key = (mod_name, None)
+            site = sites.setdefault(key, Site(mod_name, [], is_head=mod_name == "head.proj"))
+            hf = hf_mod.format(**fmt)
+            if isinstance(target, Part):
+                if target.dim != 0:
+                    continue
+                sizes = target.sizes(cfg)
+                site.slices.append(Slice(hf, sum(sizes[: target.index]), sizes[target.index]))
+            elif isinstance(target, Transform):
+                site.slices.append(Slice(hf, 0, mod.out_features,
+                                         to_hf=lambda t, f=target.to_hf: f(t, cfg),
+                                         to_ours=lambda t, f=target.to_ours: f(t, cfg)))
+            else:
+                site.slices.append(Slice(hf, 0, mod.out_features))
+    for site in sites.values():
+        site.slices.sort(key=lambda s: s.start)
+    return list(sites.values())
+
+
+def _expert_site(model, sites, pattern, dest, fmt, target) -> Site | None:
+    """Stacked experts: `model.layers.{layer}.mlp.experts.{expert}.gate_proj.weight` -> our
+    `layers.{layer}.mlp.gate_up` [E, 2I, C]. One adapter spans the whole stacked parameter (all
+    its HF projections), named as transformers names the fused parameter
+    (`model.layers.{layer}.mlp.experts.gate_up_proj`) -- PEFT's `target_parameters` format."""
+    d = dest.format(**fmt)
+    if d.endswith(".weight"):
+        d = d[: -len(".weight")]
+    mod_name, _, param = d.rpartition(".")
+    try:
+        mod = model.get_submodule(mod_name)
+    except AttributeError:
+        return None
+    stacked = getattr(mod, param, None)
+    if not isinstance(stacked, torch.Tensor) or stacked.dim() != 3 or not hasattr(mod, "expert_lora"):
+        return None
+    key = (mod_name, param)
+    if key in sites:
+        return sites[key]
+    experts_mod = pattern[: pattern.index(".{expert}")].format(**fmt)
+    hf = f"{experts_mod}.{param}_proj"
+    site = Site(mod_name, [Slice(hf, 0, stacked.shape[1])], param=param, num_experts=stacked.shape[0])
+    sites[key] = site
+    return site
+
+
+def _short(hf: str) -> str:
+    return hf.rsplit(".", 1)[-1]
+
+
+def _matches(hf: str, targets: str | Sequence[str], site: Site) -> bool:
+    """PEFT's rules: a string is a regex matched against the full module name (`all-linear` is
+    every linear but the output head); a list matches a name equal to, or ending in '.' + entry."""
+    if isinstance(targets, str):
+        if targets == ALL_LINEAR:
+            return not site.is_head
+        return re.fullmatch(targets, hf) is not None
+    return any(hf == t or hf.endswith("." + t) for t in targets)
+
+
+def _layer_of(hf: str) -> int | None:
+    m = re.search(r"\.layers?\.(\d+)\.", hf) or re.search(r"\.h\.(\d+)\.", hf)
+    return int(m.group(1)) if m else None
+
+
+# ----------------------------------------------------------------------------------------------
+# The adapted linear
+# ----------------------------------------------------------------------------------------------
+
+
+class LoRALinear(nn.Module):
+    """base(x) + scaling * B A dropout(x), with one A/B pair per adapted slice of the output rows.
+
+    `lora_a` is `[S * r, in]` (the S slices' A matrices stacked, so x is read once), `lora_b` is
+    `[sum of slice sizes, r]`. The base module (nn.Linear or a quantized linear) is frozen and
+    keeps its state-dict names: `layers.3.attn.qkv.weight` stays that, the adapter adds
+    `layers.3.attn.qkv.lora_a` / `.lora_b`.
+    """
+
+    def __init__(self, base: nn.Module, slices: Sequence[Slice], r: int, scaling: float,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.base = base
+        self.in_features: int = base.in_features
+        self.out_features: int = base.out_features
+        self.r = r
+        self.scaling = scaling
+        self.slices = list(slices)
+        self.spans = [(s.start, s.size) for s in self.slices]
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        w = _weight_like(base)
+        kw = {"dtype": w.dtype, "device": w.device}
+        self.lora_a = nn.Parameter(torch.empty(len(self.slices) * r, self.in_features, **kw))
+        self.lora_b = nn.Parameter(torch.zeros(sum(s.size for s in self.slices), r, **kw))
+        self.reset_lora_parameters()
+        # Whole output covered by one slice (plain linear) or by contiguous slices in order (all
+        # of q/k/v): the delta is one matmul or one cat; otherwise untargeted rows get zeros.
+        self._full = sum(s.size for s in self.slices) == self.out_features
+        self.register_state_dict_post_hook(_strip_base_prefix)
+        self.register_load_state_dict_pre_hook(_add_base_prefix)
+
+    def reset_lora_parameters(self, init: str = "kaiming") -> None:
+        with torch.no_grad():
+            for a in self.lora_a.split(self.r):
+                if init == "gaussian":
+                    nn.init.normal_(a, std=1 / self.r)
+                else:  # PEFT's default: kaiming_uniform_(a=sqrt(5)) on A, zeros on B
+                    nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+            self.lora_b.zero_()
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """scaling * B A x over the full output width."""
+        u = F.linear(self.dropout(x), self.lora_a)  # (..., S * r)
+        if len(self.slices) == 1 and self._full:
+            return F.linear(u, self.lora_b) * self.scaling
+        us = u.split(self.r, dim=-1)
+        bs = self.lora_b.split([s for _, s in self.spans])
+        pieces, pos = [], 0
+        for (start, size), ui, bi in zip(self.spans, us, bs):
+            if start > pos:
+                pieces.append(u.new_zeros(*u.shape[:-1], start - pos))
+            pieces.append(F.linear(ui, bi))
+            pos = start + size
+        if pos < self.out_features:
+            pieces.append(u.new_zeros(*u.shape[:-1], self.out_features - pos))
+        return torch.cat(pieces, dim=-1) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.delta(x).to(x.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        """scaling * B A as an (out, in) matrix in our row layout."""
+        w = self.lora_a.new_zeros(self.out_features, self.in_features)
+        bs = self.lora_b.split([size for _, size in self.spans])
+        for (start, size), a, b in zip(self.spans, self.lora_a.split(self.r), bs):
+            w[start : start + size] += b @ a
+        return w * self.scaling
+
+    @torch.no_grad()
+    def merged(self) -> nn.Module:
+        """The base linear with the adapter folded in (a quantized base is dequantized into an
+        nn.Linear: merging into int weights would throw the adapter's precision away)."""
+        base = self.base
+        if isinstance(base, nn.Linear):
+            base.weight += self.delta_weight().to(base.weight.dtype)
+            return base
+        w = base.dequantize()
+        lin = nn.Linear(self.in_features, self.out_features, bias=getattr(base, "bias", None) is not None,
+                        device=w.device, dtype=self.lora_a.dtype)
+        lin.weight.copy_(w.to(lin.weight.dtype) + self.delta_weight())
+        if lin.bias is not None:
+            lin.bias.copy_(base.bias)
+        return lin
+
+    def extra_repr(self) -> str:
+        names = ", ".join(_short(s.hf) for s in self.slices)
+        return (f"in={self.in_features}, out={self.out_features}, r={self.r}, scaling={self.scaling:g}, "
+                f"slices=[{names}]")
+
+
+def _weight_like(base: nn.Module) -> torch.Tensor:
+    w = getattr(base, "weight", None)
+    if isinstance(w, torch.Tensor) and w.is_floating_point():
+        return w
+    # quantized base: adapters are float (QLoRA), on the base's device
+    p = next(iter(base.buffers()), None) if w is None else w
+    dev = p.device if p is not None else torch.device("cpu")
+    return torch.empty(0, device=dev, dtype=getattr(base, "compute_dtype", torch.float32))
+
+
+def _strip_base_prefix(module, state_dict, prefix, local_metadata) -> None:
+    for k in [k for k in state_dict if k.startswith(prefix + "base.")]:
+        state_dict[prefix + k[len(prefix) + 5 :]] = state_dict.pop(k)
+
+
+def _add_base_prefix(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+    own = (prefix + "lora_a", prefix + "lora_b", prefix + "base.")
+    for k in [k for k in state_dict if k.startswith(prefix) and not k.startswith(own)]:
+        state_dict[prefix + "base." + k[len(prefix) :]] = state_dict.pop(k)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stacked-expert adapters (MoE)
+# ----------------------------------------------------------------------------------------------
+
+
+class ExpertLoRA(nn.Module):
+    """Per-expert LoRA on a stacked `[E, out, in]` parameter: A `[E, r, in]`, B `[E, out, r]`.
+
+    The MoE module calls `delta(x_sorted, expert_ids_or_offsets)` in its grouped compute (see
+    core/moe.py `expert_lora`); here we only hold the weights and the maths.
+    """
+
+    def __init__(self, stacked: torch.Tensor, r: int, scaling: float) -> None:
+        super().__init__()
+        E, out, inp = stacked.shape
+        self.num_experts, self.out_features, self.in_features = E, out, inp
+        self.r, self.scaling = r, scaling
+        dt = stacked.dtype if stacked.is_floating_point() else torch.float32
+        self.lora_a = nn.Parameter(torch.empty(E, r, inp, dtype=dt, device=stacked.device))
+        self.lora_b = nn.Parameter(torch.zeros(E, out, r, dtype=dt, device=stacked.device))
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self, init: str = "kaiming") -> None:
+        with torch.no_grad():
+            for e in range(self.num_experts):
+                if init == "gaussian":
+                    nn.init.normal_(self.lora_a[e], std=1 / self.r)
+                else:
+                    nn.init.kaiming_uniform_(self.lora_a[e], a=math.sqrt(5))
+            self.lora_b.zero_()
+
+    def delta_weight(self) -> torch.Tensor:
+        return torch.bmm(self.lora_b, self.lora_a) * self.scaling  # (E, out, in)
+
+    def extra_repr(self) -> str:
+        return f"experts={self.num_experts}, in={self.in_features}, out={self.out_features}, r={self.r}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The mixin
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Installed:
+    parent: nn.Module
+    attr: str
+    original: nn.Module | None  # None for expert adapters
+    adapter: nn.Module
+    site: Site
+    slices: list[Slice] = field(default_factory=list)
+
+
+class LoRAMixin(Mixin):
+    """Low-rank adapters on the linears named by `target_modules` (HF names; PEFT's matching).
+
+    Args:
+        r: rank. alpha: scaling numerator (scaling = alpha / r, or alpha / sqrt(r) with
+        `use_rslora`). dropout: on the adapter's input. target_modules: list of HF projection
+        names (`q_proj`, `experts.gate_up_proj`, ...), a regex on full HF module names, or
+        "all-linear" (every linear and expert projection but the output head).
+        layers: restrict to these layer indices. freeze_base: set requires_grad=False on every
+        parameter of the model that no mixin owns (restored on del_mixin).
+        init: "kaiming" (PEFT's default) or "gaussian"; B always starts at zero.
+    """
+
+    def __init__(
+        self,
+        r: int = 8,
+        alpha: float = 8,
+        dropout: float = 0.0,
+        target_modules: str | Sequence[str] = DEFAULT_TARGETS,
+        use_rslora: bool = False,
+        layers: Sequence[int] | None = None,
+        freeze_base: bool = True,
+        init: str = "kaiming",
+    ) -> None:
+        super().__init__()
+        if r <= 0:
+            raise ValueError(f"LoRA rank r must be > 0, got {r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
+        if init not in ("kaiming", "gaussian"):
+            raise ValueError(f"LoRA init must be 'kaiming' or 'gaussian', got {init!r}")
+        self.r, self.alpha, self.dropout_p = r, float(alpha), dropout
+        self.target_modules: str | list[str] = (
+            target_modules if isinstance(target_modules, str) else list(target_modules))
+        self.use_rslora = use_rslora
+        self.layers = None if layers is None else sorted(set(layers))
+        self.freeze_base = freeze_base
+        self.init = init
+        self.scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
+        # Plain lists: the adapters are registered in the layers, not a second time here.
+        self._installed: list[_Installed] = []
+        self._frozen: list[nn.Parameter] = []
+
+    # -- install / remove ----------------------------------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        chosen: list[tuple[Site, list[Slice]]] = []
+        available: set[str] = set()
+        for site in find_sites(model):
+            sl = []
+            for s in site.slices:
+                available.add(_short(s.hf))
+                if not _matches(s.hf, self.target_modules, site):
+                    continue
+                if self.layers is not None and _layer_of(s.hf) not in self.layers:
+                    continue
+                sl.append(s)
+            if sl:
+                chosen.append((site, site.slices if site.expert else sl))
+        if not chosen:
+            raise ValueError(f"LoRA target_modules={self.target_modules!r} matched no layer; "
+                             f"available: {sorted(available)}")
+        try:
+            for site, slices in chosen:
+                self._install(model, site, slices)
+        except Exception:
+            self.detach(model)
+            raise
+        if self.freeze_base:
+            self._frozen = freeze_base_parameters(model, keep=self.adapter_parameters())
+
+    def _install(self, model: nn.Module, site: Site, slices: list[Slice]) -> None:
+        if site.expert:
+            moe = model.get_submodule(site.module)
+            if moe.expert_lora.get(site.param) is not None:
+                raise ValueError(f"{site.module}.{site.param} already has a LoRA adapter")
+            ad = ExpertLoRA(getattr(moe, site.param), self.r, self.scaling)
+            if self.init != "kaiming":
+                ad.reset_lora_parameters(self.init)
+            moe.expert_lora[site.param] = ad
+            self._installed.append(_Installed(moe, site.param, None, ad, site, slices))
+            return
+        parent_name, _, attr = site.module.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        original = getattr(parent, attr)
+        if isinstance(original, LoRALinear):
+            raise ValueError(f"{site.module} already has a LoRA adapter (one LoRA mixin at a time)")
+        ad = LoRALinear(original, slices, self.r, self.scaling, self.dropout_p)
+        if self.init != "kaiming":
+            ad.reset_lora_parameters(self.init)
+        setattr(parent, attr, ad)
+        _rebind_mlp_slot(parent, attr, ad)
+        self._installed.append(_Installed(parent, attr, original, ad, site, slices))
+
+    def detach(self, model: nn.Module) -> None:
+        for rec in reversed(self._installed):
+            if rec.original is None:
+                rec.parent.expert_lora[rec.attr] = None
+            else:
+                setattr(rec.parent, rec.attr, rec.original)
+                _rebind_mlp_slot(rec.parent, rec.attr, rec.original)
+        self._installed = []
+        for p in self._frozen:
+            p.requires_grad_(True)
+        self._frozen = []
+
+    @torch.no_grad()
+    def merge(self, model: nn.Module) -> None:
+        """Fold every adapter into its base weight and remove this mixin from `model`."""
+        for rec in self._installed:
+            if rec.original is None:
+                stacked = getattr(rec.parent, rec.attr)
+                stacked += rec.adapter.delta_weight().to(stacked.dtype)
+                rec.parent.expert_lora[rec.attr] = None
+            else:
+                merged = rec.adapter.merged()
+                setattr(rec.parent, rec.attr, merged)
+                _rebind_mlp_slot(rec.parent, rec.attr, merged)
+                rec.original = merged
+        self._installed = [r for r in self._installed if r.original is not None]
+        name = next(n for n, m in model.mixins.items() if m is self)
+        model.del_mixin(name)
+
+    # -- introspection -------------------------------------------------------------------
+    def adapters(self) -> list[tuple[Site, list[Slice], nn.Module]]:
+        """(site, adapted slices, LoRALinear | ExpertLoRA) for every installed adapter."""
+        return [(r.site, r.slices, r.adapter) for r in self._installed]
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        return [p for r in self._installed for p in (r.adapter.lora_a, r.adapter.lora_b)]
+
+    def target_names(self) -> list[str]:
+        """Short HF names of what is adapted (q_proj, ...), for PEFT's `target_modules`."""
+        return sorted({_short(s.hf) for r in self._installed if not r.site.expert for s in r.slices})
+
+    def target_parameters(self) -> list[str]:
+        """Expert parameters adapted, as PEFT's `target_parameters` (`mlp.experts.gate_up_proj`)."""
+        out = set()
+        for r in self._installed:
+            if r.site.expert:
+                hf = r.site.slices[0].hf
+                out.add(".".join(hf.split(".")[-3:]) if ".layers." in hf else hf)
+        return sorted(out)
+
+    def extra_repr(self) -> str:
+        n = sum(p.numel() for p in self.adapter_parameters())
+        what = ", ".join(self.target_names() + self.target_parameters())
+        return (f"r={self.r}, alpha={self.alpha:g}{', rslora' if self.use_rslora else ''}, "
+                f"{len(self._installed)} adapted weights [{what}], {n:,} parameters")
+
+
+def _rebind_mlp_slot(parent: nn.Module, attr: str, module: nn.Module) -> None:
+    """A block's `mlp` slot default is the mlp module itself; keep it pointing at what is
+    installed (LoRA on a whole block's mlp is not a case today, but the slot must not go stale)."""
+    defaults = parent.__dict__.get("_slot_defaults")
+    if defaults is not None and attr == "mlp" and "mlp" in defaults:
+        defaults["mlp"] = module
+
+
+def freeze_base_parameters(model: nn.Module, keep: Sequence[nn.Parameter] = ()) -> list[nn.Parameter]:
+    """requires_grad=False on every parameter that no mixin owns (neither under `mixins.` nor an
+    adapter a mixin installed in the layers) and that is not in `keep`; returns the ones it
+    changed, so the mixin can restore them on detach."""
+    keep_ids = {id(p) for p in keep}
+    for m in getattr(model, "mixins", {}).values():
+        keep_ids.update(id(p) for p in m.parameters())
+        if hasattr(m, "adapter_parameters"):
+            keep_ids.update(id(p) for p in m.adapter_parameters())
+    changed = []
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in keep_ids:
+            p.requires_grad_(False)
+            changed.append(p)
+    return changed
+
+
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts, shared tensors counted once."""
+    params = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def lora_mixins(model: nn.Module) -> list[tuple[str, LoRAMixin]]:
+    return [(n, m) for n, m in getattr(model, "mixins", {}).items() if isinstance(m, LoRAMixin)]
+
+
+def describe(model: nn.Module) -> dict[str, Any]:
+    t, total = trainable_parameters(model)
+    return {"trainable": t, "total": total, "percent": 100.0 * t / max(total, 1)}
