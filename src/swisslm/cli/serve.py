@@ -1,0 +1,74 @@
+# SPDX-License-Identifier: Apache-2.0
+"""swisslm serve: the OpenAI-compatible / HF-inference HTTP server (FastAPI + uvicorn).
+
+Binds 127.0.0.1 unless --host says otherwise; with --api-key (or SWISSLM_API_KEY) every
+endpoint but /health needs `Authorization: Bearer KEY`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from .common import UsageError, add_model_args, check_positive, load_model_from_args, require_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve the OpenAI-compatible and HF inference APIs")
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require this bearer key (default: env SWISSLM_API_KEY)")
+    p.add_argument("--served-model-name", default=None,
+                   help="the model id clients send (default: the checkpoint's file or folder name)")
+    p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (KV cache rows)")
+    p.add_argument("--max-model-len", type=int, default=2048,
+                   help="prompt + completion tokens per sequence (capped at the model's own limit)")
+    p.add_argument("--max-queue", type=int, default=256, help="sequences waiting for a row before 429")
+    p.add_argument("--max-tokens", type=int, default=4096, help="largest max_tokens a request may ask for")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (413 past it)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=run)
+
+
+def served_name(model_arg: str | None) -> str:
+    """The id in /v1/models: the checkpoint's name, never a path (no directories leak out)."""
+    if model_arg is None:
+        from ..io.embedded import DEFAULT_MODEL_NAME
+
+        return DEFAULT_MODEL_NAME
+    path = Path(model_arg)
+    return path.stem if path.suffix == ".gguf" else (path.resolve().name or "model")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..serve import create_app
+
+    for name in ("--port", "--max-batch", "--max-model-len", "--max-queue", "--max-tokens", "--max-body-bytes"):
+        check_positive(name, getattr(args, name[2:].replace("-", "_")))
+    if args.port > 65535:
+        raise UsageError(f"--port must be <= 65535, got {args.port}")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("SWISSLM_API_KEY") or None
+    if args.api_key == "":
+        raise UsageError("--api-key must not be empty")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        logger.warning("serving on %s without an API key: anyone who can reach it can use it", args.host)
+    model = load_model_from_args(args)
+    require_tokenizer(model)
+    name = args.served_model_name or served_name(args.model)
+    try:
+        app = create_app(model, name, api_key=api_key, max_batch=args.max_batch, max_model_len=args.max_model_len,
+                         max_queue=args.max_queue, max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    finally:
+        app.state.shutdown()
+    return 0

@@ -1,0 +1,658 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The HTTP server: OpenAI-compatible endpoints, the HF inference `POST /` shape, health, metrics.
+
+    create_app(model) -> FastAPI        # uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Causal LMs are served by the continuous-batching Engine (engine.py); encoders (no LM head) serve
+/v1/embeddings. Every client mistake answers 4xx with an OpenAI-style body
+`{"error": {"message", "type", "param", "code"}}`; the model name in a request is only compared
+with the served name, never used as a path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import lru_cache, partial
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .auth import APIKeyMiddleware
+from .engine import Engine, EngineStoppedError, QueueFullError, SamplingParams, Sequence, TokenEvent
+from .errors import APIError, BodyLimitMiddleware, MetricsMiddleware, error_json, error_payload
+from .metrics import Metrics
+from .schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    ChatTokenLogprob,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ErrorResponse,
+    Health,
+    HFGeneratedText,
+    HFGenerateRequest,
+    HFParameters,
+    ModelCard,
+    ModelList,
+    TopLogprob,
+    Usage,
+)
+
+logger = logging.getLogger(__name__)
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 503)
+}
+HF_DEFAULT_MAX_NEW_TOKENS = 100  # InferenceClient documents this default
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's legacy completions default
+
+
+@dataclass
+class ServerSettings:
+    model_name: str
+    max_tokens: int = 4096  # cap on max_tokens / max_new_tokens per request
+    max_body_bytes: int = 1 << 20
+    api_key: str | None = None
+
+
+def create_app(
+    model: Any,
+    model_name: str = "swisslm",
+    *,
+    api_key: str | None = None,
+    max_batch: int = 16,
+    max_model_len: int | None = None,
+    max_queue: int = 256,
+    max_tokens: int = 4096,
+    max_body_bytes: int = 1 << 20,
+) -> FastAPI:
+    """Build the app and start its engine thread (stopped when the app shuts down, or by
+    `app.state.shutdown()`)."""
+    if model.tokenizer is None:
+        raise ValueError(f"{getattr(model, 'source', 'model')}: the checkpoint has no tokenizer; cannot serve it")
+    metrics = Metrics()
+    settings = ServerSettings(model_name, max_tokens, max_body_bytes, api_key)
+    engine: Engine | None = None
+    if model.config.lm_head:
+        engine = Engine(model, max_batch=max_batch, max_model_len=max_model_len, max_queue=max_queue,
+                        metrics=metrics)
+        engine.start()
+    context_len = engine.max_model_len if engine else min(max_model_len or 1 << 30,
+                                                          model.config.max_position_embeddings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if engine is not None:
+            engine.stop()
+
+    app = FastAPI(title="swisslm", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible and HF-inference text generation with continuous batching")
+    app.state.engine = engine
+    app.state.metrics = metrics
+    app.state.settings = settings
+    app.state.shutdown = engine.stop if engine is not None else (lambda: None)
+    server = _Server(model, settings, engine, metrics, context_len)
+    _install_error_handlers(app)
+    _routes(app, server)
+    # Middleware runs outermost-last: body limit and metrics see every request, auth inside them.
+    if api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    return app
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    parts, param = [], None
+    for err in exc.errors()[:5]:
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        if err.get("type") == "json_invalid":
+            return "the request body is not valid JSON", None
+        where = ".".join(loc) or "body"
+        param = param or where
+        parts.append(f"{where}: {err.get('msg', 'invalid value')}")
+    return "; ".join(parts) or "invalid request", param
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_req: Request, exc: APIError) -> JSONResponse:
+        return error_json(exc.status, exc.message, exc.type, exc.code, exc.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return error_json(400, message, "invalid_request_error", None, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return error_json(exc.status_code, str(exc.detail), kind, None, None, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _internal(_req: Request, exc: Exception) -> JSONResponse:  # a bug: log it, answer cleanly
+        logger.exception("unhandled error")
+        return error_json(500, "internal server error", "server_error", None, None)
+
+
+# -- the server's logic -------------------------------------------------------------------------
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, q: asyncio.Queue, index: int, ev: TokenEvent) -> None:
+    loop.call_soon_threadsafe(q.put_nowait, (index, ev))
+
+
+class _Server:
+    def __init__(self, model: Any, settings: ServerSettings, engine: Engine | None, metrics: Metrics,
+                 context_len: int) -> None:
+        self.model = model
+        self.tok = model.tokenizer
+        self.settings = settings
+        self.engine = engine
+        self.metrics = metrics
+        self.context_len = context_len
+        self.vocab_size = model.config.vocab_size
+        self.created = _now()
+        self._embed_lock = threading.Lock()
+        self.token_text: Callable[[int], str] = lru_cache(maxsize=1 << 16)(self._token_text)
+
+    def _token_text(self, token_id: int) -> str:
+        return self.tok.decode([token_id], skip_special_tokens=False)
+
+    # -- checks ---------------------------------------------------------------------------------
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.settings.model_name:
+            raise APIError(404, f"the model '{name[:200]}' does not exist; this server serves "
+                           f"'{self.settings.model_name}'", "not_found_error", "model_not_found", "model")
+
+    def require_engine(self, endpoint: str) -> Engine:
+        if self.engine is None:
+            raise APIError(400, f"the model '{self.settings.model_name}' is an encoder; it serves /v1/embeddings, "
+                           f"not {endpoint}", code="model_not_supported", param="model")
+        if not self.engine.alive:
+            raise APIError(503, "the generation engine is not running", "server_error", "engine_stopped")
+        return self.engine
+
+    def check_ids(self, ids: list[int], param: str) -> None:
+        bad = [i for i in ids if i >= self.vocab_size]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is outside the vocabulary (size {self.vocab_size})",
+                           param=param)
+
+    def budget(self, prompt_len: int, requested: int | None, default: int | None, param: str) -> int:
+        """The max_tokens a sequence gets, or a 400 naming the limit it breaks."""
+        ctx = self.context_len
+        if prompt_len == 0:
+            raise APIError(400, "the prompt is empty", param="prompt")
+        if prompt_len >= ctx:
+            raise APIError(400, f"this model's maximum context length is {ctx} tokens; your prompt has "
+                           f"{prompt_len} tokens", code="context_length_exceeded", param="messages"
+                           if param == "max_completion_tokens" else "prompt")
+        if requested is not None and requested > self.settings.max_tokens:
+            raise APIError(400, f"{param} must be <= {self.settings.max_tokens} on this server, got {requested}",
+                           param=param)
+        if requested is not None and prompt_len + requested > ctx:
+            raise APIError(400, f"this model's maximum context length is {ctx} tokens; you requested "
+                           f"{prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} for "
+                           "the completion)", code="context_length_exceeded", param=param)
+        if requested is None:
+            requested = min(default or ctx, self.settings.max_tokens, ctx - prompt_len)
+        return requested
+
+    def logit_bias(self, bias: dict[str, float] | None) -> dict[int, float] | None:
+        if not bias:
+            return None
+        out = {}
+        for k, v in bias.items():
+            try:
+                tid = int(k)
+            except ValueError:
+                raise APIError(400, f"logit_bias keys must be token ids, got {k[:50]!r}", param="logit_bias") from None
+            if not 0 <= tid < self.vocab_size:
+                raise APIError(400, f"logit_bias token id {tid} is outside the vocabulary", param="logit_bias")
+            out[tid] = v
+        return out
+
+    def params(self, req: Any, max_tokens: int, index: int, logprobs: int | None) -> SamplingParams:
+        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        seed = req.seed + index if req.seed is not None and index else req.seed
+        return SamplingParams(
+            max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=req.top_p or 1.0, top_k=max(req.top_k or 0, 0), min_p=req.min_p or 0.0,
+            repetition_penalty=req.repetition_penalty or 1.0, presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0, logit_bias=self.logit_bias(req.logit_bias),
+            seed=None if seed is None else seed % 2**64, stop=stop, ignore_eos=req.ignore_eos, logprobs=logprobs)
+
+    # -- running sequences ----------------------------------------------------------------------
+    def start(self, jobs: list[tuple[list[int], SamplingParams]]) -> tuple[list[Sequence], asyncio.Queue]:
+        engine = self.engine
+        assert engine is not None
+        if len(jobs) > engine.max_queue:
+            raise APIError(400, f"the request needs {len(jobs)} sequences; this server queues at most "
+                           f"{engine.max_queue}", param="n")
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        seqs = [Sequence(ids, p, partial(_deliver, loop, q, i), self.tok, engine.eos_ids)
+                for i, (ids, p) in enumerate(jobs)]
+        try:
+            engine.submit(seqs)
+        except QueueFullError as e:
+            raise APIError(429, str(e), "rate_limit_error", "queue_full") from None
+        except EngineStoppedError as e:
+            raise APIError(503, str(e), "server_error", "engine_stopped") from None
+        return seqs, q
+
+    @staticmethod
+    async def events(seqs: list[Sequence], q: asyncio.Queue) -> AsyncIterator[tuple[int, TokenEvent]]:
+        """Every event of every sequence until all finished; leaving early cancels the rest."""
+        remaining = len(seqs)
+        try:
+            while remaining:
+                i, ev = await q.get()
+                if ev.finish_reason is not None:
+                    remaining -= 1
+                yield i, ev
+        finally:
+            for s in seqs:
+                if not s.finished:
+                    s.cancel()
+
+    async def collect(self, request: Request, seqs: list[Sequence], q: asyncio.Queue) -> list[list[TokenEvent]]:
+        """Wait for every sequence (non-streaming); a client that disconnects cancels them."""
+        watcher = asyncio.create_task(_watch_disconnect(request, seqs))
+        out: list[list[TokenEvent]] = [[] for _ in seqs]
+        try:
+            async for i, ev in self.events(seqs, q):
+                out[i].append(ev)
+        finally:
+            watcher.cancel()
+        for evs in out:
+            if evs and evs[-1].error:
+                raise APIError(503, evs[-1].error, "server_error", "engine_stopped")
+        return out
+
+    # -- tokenizing -----------------------------------------------------------------------------
+    def prompts(self, prompt: Any) -> list[tuple[list[int], str | None]]:
+        """(ids, text or None) for each prompt of a completions request."""
+        if isinstance(prompt, str):
+            return [(self.tok.encode(prompt), prompt)]
+        if prompt and isinstance(prompt[0], str):
+            return [(self.tok.encode(p), p) for p in prompt]
+        if prompt and isinstance(prompt[0], int):
+            self.check_ids(prompt, "prompt")
+            return [(list(prompt), None)]
+        for p in prompt:
+            self.check_ids(p, "prompt")
+        return [(list(p), None) for p in prompt]
+
+    def chat_ids(self, req: ChatCompletionRequest) -> list[int]:
+        if req.tools and req.tool_choice != "none":
+            raise APIError(400, "tool calling is not supported by this server", param="tools")
+        messages = []
+        for m in req.messages:
+            d = m.model_dump(exclude_none=True)
+            if isinstance(m.content, list):
+                d["content"] = "\n".join(p.text for p in m.content)
+            messages.append(d)
+        try:
+            return list(self.tok.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt,
+                                                     tokenize=True))
+        except Exception as e:  # template errors (raise_exception, bad roles) are the request's fault
+            raise APIError(400, f"cannot apply the chat template: {str(e)[:300]}", param="messages") from None
+
+    # -- logprobs formatting --------------------------------------------------------------------
+    def chat_logprob(self, ev: TokenEvent) -> ChatTokenLogprob:
+        text = self.token_text(ev.token_id)
+        tops = [TopLogprob(token=(t := self.token_text(i)), logprob=lp, bytes=list(t.encode()))
+                for i, lp in ev.top_logprobs or []]
+        return ChatTokenLogprob(token=text, logprob=ev.logprob, bytes=list(text.encode()), top_logprobs=tops)
+
+    def completion_logprobs(self, evs: list[TokenEvent], offset: int) -> CompletionLogprobs:
+        lp = CompletionLogprobs()
+        for ev in evs:
+            if ev.token_id is None:
+                continue
+            text = self.token_text(ev.token_id)
+            lp.tokens.append(text)
+            lp.token_logprobs.append(ev.logprob)
+            lp.top_logprobs.append({self.token_text(i): v for i, v in ev.top_logprobs or []})
+            lp.text_offset.append(offset)
+            offset += len(text)
+        return lp
+
+    # -- embeddings -----------------------------------------------------------------------------
+    def embed(self, batch: list[list[int]]) -> list[list[float]]:
+        """Mean-pool the last hidden states over real tokens, then L2-normalise (sentence-transformers'
+        recipe for MiniLM; OpenAI's embeddings are unit length too). Runs in a worker thread."""
+        dev = next(self.model.parameters()).device
+        T = max(len(x) for x in batch)
+        ids = torch.zeros(len(batch), T, dtype=torch.long, device=dev)
+        mask = torch.zeros(len(batch), T, dtype=torch.long, device=dev)
+        for i, x in enumerate(batch):
+            ids[i, : len(x)] = torch.tensor(x)
+            mask[i, : len(x)] = 1
+        with self._embed_lock, torch.inference_mode():
+            h = self.model(ids, attention_mask=mask).last_hidden_state.float()  # (B, T, C)
+        m = mask.unsqueeze(-1).to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(pooled, dim=-1).tolist()
+
+
+async def _watch_disconnect(request: Request, seqs: list[Sequence]) -> None:
+    """After the body is read, the next ASGI message for this request is http.disconnect."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            for s in seqs:
+                s.cancel()
+            return
+
+
+def _sse(obj: Any) -> str:
+    data = obj.model_dump_json(exclude_none=True) if hasattr(obj, "model_dump_json") else json.dumps(obj)
+    return f"data: {data}\n\n"
+
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+
+def _routes(app: FastAPI, srv: _Server) -> None:
+    settings = srv.settings
+
+    @app.get("/health", response_model=Health)
+    async def health() -> Health | JSONResponse:
+        if srv.engine is not None and not srv.engine.alive:
+            return error_json(503, "the generation engine is not running", "server_error", "engine_stopped")
+        return Health(model=settings.model_name)
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics() -> Response:
+        body, ctype = srv.metrics.render()
+        return Response(body, media_type=ctype)
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=settings.model_name, created=srv.created, max_model_len=srv.context_len)])
+
+    @app.get("/v1/models/{model_id}", response_model=ModelCard, responses=ERROR_RESPONSES)
+    async def model_card(model_id: str) -> ModelCard:
+        srv.check_model(model_id)
+        return ModelCard(id=settings.model_name, created=srv.created, max_model_len=srv.context_len)
+
+    @app.post("/v1/completions", response_model=CompletionResponse, responses=ERROR_RESPONSES)
+    async def completions(req: CompletionRequest, request: Request) -> Any:
+        srv.check_model(req.model)
+        srv.require_engine("/v1/completions")
+        if req.suffix:
+            raise APIError(400, "suffix is not supported", param="suffix")
+        if req.best_of is not None and req.best_of != req.n:
+            raise APIError(400, "best_of other than n is not supported", param="best_of")
+        if req.echo and req.stream:
+            raise APIError(400, "echo cannot be combined with stream", param="echo")
+        prompts = srv.prompts(req.prompt)
+        jobs = []
+        for ids, _ in prompts:
+            budget = srv.budget(len(ids), req.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, "max_tokens")
+            jobs += [(ids, srv.params(req, budget, j, req.logprobs)) for j in range(req.n)]
+        seqs, q = srv.start(jobs)
+        rid, created, name = f"cmpl-{uuid.uuid4().hex}", _now(), settings.model_name
+        prompt_tokens = sum(len(ids) for ids, _ in prompts)
+        if req.stream:
+            return StreamingResponse(_stream_completion(srv, req, seqs, q, rid, created, name, prompt_tokens),
+                                     media_type="text/event-stream", headers=_SSE_HEADERS)
+        results = await srv.collect(request, seqs, q)
+        choices = []
+        for i, evs in enumerate(results):
+            ids, text = prompts[i // req.n]
+            head = (text if text is not None else srv.tok.decode(ids)) if req.echo else ""
+            body = "".join(e.text for e in evs)
+            lp = srv.completion_logprobs(evs, len(head)) if req.logprobs is not None else None
+            choices.append(CompletionChoice(index=i, text=head + body, logprobs=lp,
+                                            finish_reason=_finish(evs)))
+        completion_tokens = sum(len(s.output_ids) for s in seqs)
+        return CompletionResponse(id=rid, created=created, model=name, choices=choices,
+                                  usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                              total_tokens=prompt_tokens + completion_tokens))
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERROR_RESPONSES)
+    async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
+        srv.check_model(req.model)
+        srv.require_engine("/v1/chat/completions")
+        ids = srv.chat_ids(req)
+        requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        budget = srv.budget(len(ids), requested, None, param)
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        if req.top_logprobs and not req.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
+        seqs, q = srv.start([(ids, srv.params(req, budget, j, top)) for j in range(req.n)])
+        rid, created, name = f"chatcmpl-{uuid.uuid4().hex}", _now(), settings.model_name
+        if req.stream:
+            return StreamingResponse(_stream_chat(srv, req, seqs, q, rid, created, name, len(ids)),
+                                     media_type="text/event-stream", headers=_SSE_HEADERS)
+        results = await srv.collect(request, seqs, q)
+        choices = []
+        for i, evs in enumerate(results):
+            lp = None
+            if req.logprobs:
+                lp = ChatLogprobs(content=[srv.chat_logprob(e) for e in evs if e.token_id is not None])
+            choices.append(ChatChoice(index=i, message=AssistantMessage(content="".join(e.text for e in evs)),
+                                      logprobs=lp, finish_reason=_finish(evs)))
+        completion_tokens = sum(len(s.output_ids) for s in seqs)
+        return ChatCompletionResponse(id=rid, created=created, model=name, choices=choices,
+                                      usage=Usage(prompt_tokens=len(ids), completion_tokens=completion_tokens,
+                                                  total_tokens=len(ids) + completion_tokens))
+
+    @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
+    async def embeddings(req: EmbeddingRequest) -> EmbeddingResponse:
+        srv.check_model(req.model)
+        if srv.engine is not None:
+            raise APIError(400, f"the model '{settings.model_name}' is a generative model; /v1/embeddings needs "
+                           "an encoder (e.g. all-MiniLM-L6-v2)", code="model_not_supported", param="model")
+        if req.dimensions is not None:
+            raise APIError(400, "dimensions is not supported (the model's width is fixed)", param="dimensions")
+        inputs = srv.prompts(req.input)
+        for ids, _ in inputs:
+            if not ids:
+                raise APIError(400, "an input is empty", param="input")
+            if len(ids) > srv.context_len:
+                raise APIError(400, f"an input has {len(ids)} tokens; this model takes at most {srv.context_len}",
+                               code="context_length_exceeded", param="input")
+        vectors: list[list[float]] = []
+        batch = [ids for ids, _ in inputs]
+        for start in range(0, len(batch), 64):  # bounded memory per forward
+            vectors += await run_in_threadpool(srv.embed, batch[start:start + 64])
+        data = []
+        for i, v in enumerate(vectors):
+            emb: list[float] | str = v
+            if req.encoding_format == "base64":
+                emb = base64.b64encode(torch.tensor(v, dtype=torch.float32).numpy().tobytes()).decode()
+            data.append(EmbeddingData(index=i, embedding=emb))
+        n = sum(len(b) for b in batch)
+        srv.metrics.prompt_tokens.inc(n)
+        return EmbeddingResponse(data=data, model=settings.model_name, usage=Usage(prompt_tokens=n, total_tokens=n))
+
+    @app.post("/", response_model=list[HFGeneratedText], responses=ERROR_RESPONSES,
+              summary="HF inference API: text-generation")
+    async def hf_generate(req: HFGenerateRequest, request: Request) -> Any:
+        srv.require_engine("POST /")
+        p = req.parameters or HFParameters()
+        unknown = sorted(p.model_extra or {})
+        if unknown:  # huggingface_hub's InferenceClient retries without the parameters named like this
+            listed = ", ".join(f"'{k[:50]}'" for k in unknown[:20])
+            raise APIError(400, f"The following `model_kwargs` are not used by the model: [{listed}]",
+                           param="parameters")
+        ids = srv.tok.encode(req.inputs)
+        budget = srv.budget(len(ids), p.max_new_tokens, HF_DEFAULT_MAX_NEW_TOKENS, "max_new_tokens")
+        # TGI's rule: sample when asked to, or when a sampling knob is set; else greedy.
+        do_sample = p.do_sample if p.do_sample is not None else any(
+            v is not None for v in (p.temperature, p.top_k, p.top_p))
+        temperature = (p.temperature if p.temperature not in (None, 0.0) else 1.0) if do_sample else 0.0
+        n = p.num_return_sequences or 1
+        want_lp = 0 if (p.details or req.stream) else None
+        if p.top_n_tokens:
+            want_lp = p.top_n_tokens
+        jobs = []
+        for j in range(n):
+            seed = None if p.seed is None else (p.seed + j) % 2**64
+            jobs.append((ids, SamplingParams(
+                max_tokens=budget, temperature=temperature, top_k=p.top_k or 0, top_p=p.top_p or 1.0,
+                repetition_penalty=p.repetition_penalty or 1.0, seed=seed,
+                stop=list(p.stop or []) + list(p.stop_sequences or []), logprobs=want_lp)))
+        seqs, q = srv.start(jobs)
+        head = req.inputs if p.return_full_text else ""
+        if req.stream:
+            return StreamingResponse(_stream_tgi(srv, seqs, q, head, p.seed), media_type="text/event-stream",
+                                     headers=_SSE_HEADERS)
+        results = await srv.collect(request, seqs, q)
+        out = []
+        for evs in results:
+            item = HFGeneratedText(generated_text=head + "".join(e.text for e in evs))
+            if p.details:
+                item.details = _tgi_details(srv, evs, p.seed)
+            out.append(item.model_dump(exclude_none=True))
+        return JSONResponse(out)
+
+
+def _finish(evs: list[TokenEvent]) -> str | None:
+    reason = evs[-1].finish_reason if evs else None
+    return None if reason == "abort" else reason
+
+
+def _tgi_finish(evs: list[TokenEvent]) -> str:
+    reason = evs[-1].finish_reason if evs else "length"
+    if reason == "stop":
+        return "eos_token" if evs[-1].text == "" and evs[-1].token_id is not None else "stop_sequence"
+    return reason or "length"
+
+
+def _tgi_details(srv: _Server, evs: list[TokenEvent], seed: int | None) -> dict[str, Any]:
+    tokens = [{"id": e.token_id, "text": srv.token_text(e.token_id), "logprob": e.logprob,
+               "special": e.token_id in srv.engine.eos_ids} for e in evs if e.token_id is not None]
+    return {"finish_reason": _tgi_finish(evs), "generated_tokens": len(tokens), "seed": seed, "prefill": [],
+            "tokens": tokens}
+
+
+async def _guarded(gen: AsyncIterator[str], hf: bool = False) -> AsyncIterator[str]:
+    """Turn a failure after the headers went out into an error event instead of a cut stream
+    (TGI's `{"error": str, "error_type": str}` for the HF shape, OpenAI's otherwise)."""
+    try:
+        async for chunk in gen:
+            yield chunk
+    except APIError as e:
+        yield _sse({"error": e.message, "error_type": e.type} if hf else error_payload(e.message, e.type, e.code,
+                                                                                      e.param))
+        yield "data: [DONE]\n\n"
+
+
+async def _stream_completion(srv: _Server, req: CompletionRequest, seqs: list[Sequence], q: asyncio.Queue,
+                             rid: str, created: int, name: str, prompt_tokens: int) -> AsyncIterator[str]:
+    async def gen() -> AsyncIterator[str]:
+        offsets = [0] * len(seqs)
+        async for i, ev in srv.events(seqs, q):
+            if ev.error:
+                raise APIError(503, ev.error, "server_error", "engine_stopped")
+            if not ev.text and ev.finish_reason is None and req.logprobs is None:
+                continue
+            lp = None
+            if req.logprobs is not None:
+                lp = srv.completion_logprobs([ev], offsets[i])
+                offsets[i] += sum(len(t) for t in lp.tokens)
+            choice = CompletionChoice(index=i, text=ev.text, logprobs=lp, finish_reason=_finish([ev]))
+            yield _sse(CompletionResponse(id=rid, created=created, model=name, choices=[choice]))
+        if req.stream_options and req.stream_options.include_usage:
+            done = sum(len(s.output_ids) for s in seqs)
+            yield _sse(CompletionResponse(id=rid, created=created, model=name, choices=[], usage=Usage(
+                prompt_tokens=prompt_tokens, completion_tokens=done, total_tokens=prompt_tokens + done)))
+        yield "data: [DONE]\n\n"
+
+    async for chunk in _guarded(gen()):
+        yield chunk
+
+
+async def _stream_chat(srv: _Server, req: ChatCompletionRequest, seqs: list[Sequence], q: asyncio.Queue,
+                       rid: str, created: int, name: str, prompt_tokens: int) -> AsyncIterator[str]:
+    def chunk(i: int, delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> str:
+        choice: dict[str, Any] = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}
+        return _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": name,
+                     "choices": [choice]})
+
+    async def gen() -> AsyncIterator[str]:
+        for i in range(len(seqs)):  # OpenAI sends the role first, alone
+            yield chunk(i, {"role": "assistant", "content": ""})
+        async for i, ev in srv.events(seqs, q):
+            if ev.error:
+                raise APIError(503, ev.error, "server_error", "engine_stopped")
+            lp = None
+            if req.logprobs and ev.token_id is not None:
+                lp = {"content": [srv.chat_logprob(ev).model_dump()]}
+            if ev.text or lp is not None:
+                yield chunk(i, {"content": ev.text}, None, lp)
+            if ev.finish_reason is not None:
+                yield chunk(i, {}, _finish([ev]))
+        if req.stream_options and req.stream_options.include_usage:
+            done = sum(len(s.output_ids) for s in seqs)
+            yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": name,
+                        "choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": done,
+                                                 "total_tokens": prompt_tokens + done}})
+        yield "data: [DONE]\n\n"
+
+    async for c in _guarded(gen()):
+        yield c
+
+
+async def _stream_tgi(srv: _Server, seqs: list[Sequence], q: asyncio.Queue, head: str,
+                      seed: int | None) -> AsyncIterator[str]:
+    """TGI's stream shape, which InferenceClient.text_generation(stream=True) parses."""
+    async def gen() -> AsyncIterator[str]:
+        texts: list[list[TokenEvent]] = [[] for _ in seqs]
+        async for i, ev in srv.events(seqs, q):
+            if ev.error:
+                raise APIError(503, ev.error, "server_error", "engine_stopped")
+            texts[i].append(ev)
+            if ev.token_id is None:
+                continue
+            out: dict[str, Any] = {"index": i, "token": {"id": ev.token_id, "text": ev.text, "logprob": ev.logprob,
+                                                         "special": ev.token_id in srv.engine.eos_ids},
+                                   "generated_text": None, "details": None}
+            if ev.finish_reason is not None:
+                out["generated_text"] = head + "".join(e.text for e in texts[i])
+                out["details"] = {"finish_reason": _tgi_finish(texts[i]), "generated_tokens": len(texts[i]),
+                                  "seed": seed}
+            yield _sse(out)
+
+    async for c in _guarded(gen(), hf=True):
+        yield c

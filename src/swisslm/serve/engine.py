@@ -1,0 +1,410 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Continuous-batching engine: one background thread owns the model and its static KV cache.
+
+    waiting (bounded deque) --admit--> rows of the running batch --finish/cancel--> free rows
+
+Each step the engine (1) drops cancelled sequences, (2) admits waiting sequences into free rows,
+prefilling each prompt alone (batch 1) into its row of the shared cache, and (3) runs ONE model
+forward for every running row: tokens (B, 1), per-row cache positions input_pos (B, 1) and an
+attention mask (B, S) that lets row b see only slots 0..pos_b. Rows therefore join and leave at
+token granularity; a row that is free carries a dummy token that attends only to itself and is
+never read.
+
+Two views keep the step cheap without touching core/: the forward runs on rows [0, n) only
+(rows are handed out lowest-first, so n tracks the live batch), and on cache slots [0, L) only,
+L = the longest live sequence rounded up to a bucket, so attention costs what the sequences
+need rather than max_model_len. Views share storage with the full buffers, so the cache's
+in-place writes land in the one real cache.
+
+Sampling is per row with the row's own torch.Generator, so a seeded request draws the same
+tokens whatever its neighbours are. Results leave the thread through `Sequence.sink`, a
+callable the app wires to an asyncio queue with `loop.call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.kv_cache import KVCache
+from ..generation import MAX_TOP_LOGPROBS, StopStrings, TextDeltas, token_logprobs
+from ..generation.sampling import process_logits, sample
+from .metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+_WINDOW = 128  # cache-slot bucket: attention runs over ceil(len / 128) * 128 slots
+
+
+class QueueFullError(RuntimeError):
+    """The waiting queue is at its bound; the caller answers 429."""
+
+
+class EngineStoppedError(RuntimeError):
+    """The engine thread is not running (server shutting down, or it failed)."""
+
+
+@dataclass
+class SamplingParams:
+    """What one sequence asks for. temperature 0 means greedy (argmax of the processed logits)."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: off; n >= 0: chosen token's logprob + top n alternatives
+    skip_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class TokenEvent:
+    """One generated token as the client sees it. `text` is the newly safe text (may be '' while
+    a multi-byte character or a possible stop string is held back); the last event of a
+    sequence carries `finish_reason` ('stop' | 'length' | 'abort') and any released tail."""
+
+    token_id: int | None
+    text: str
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+class Sequence:
+    """One generation stream (a request with n choices is n sequences)."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[TokenEvent], None],
+                 tokenizer: Any, eos_ids: list[int]) -> None:
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self.sink = sink
+        self.output_ids: list[int] = []
+        self.row = -1
+        self.pos = 0  # cache slot the next fed token is written at
+        self.cancelled = False
+        self.finished = False
+        self.arrival = time.perf_counter()
+        self.first_token_time: float | None = None
+        self.last_token_time: float | None = None
+        self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_ids))
+        self.deltas = TextDeltas(tokenizer, skip_special_tokens=params.skip_special_tokens)
+        self.stops = StopStrings(params.stop)
+        self.generator: torch.Generator | None = None
+        if not params.greedy:
+            self.generator = torch.Generator()
+            self.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+
+    def cancel(self) -> None:
+        """Thread-safe: the engine frees the row (or skips the queued sequence) at its next step."""
+        self.cancelled = True
+
+
+def _window(cache: KVCache, start: int, rows: int, slots: int) -> KVCache:
+    """A KVCache whose buffers are views of rows [start, start + rows) and slots [0, slots) of
+    `cache` (same storage, so the cache's in-place writes land in the full buffers)."""
+    view = KVCache.__new__(KVCache)
+    nn.Module.__init__(view)
+    view.register_buffer("k", cache.k[start:start + rows, :, :slots], persistent=False)
+    view.register_buffer("v", cache.v[start:start + rows, :, :slots], persistent=False)
+    return view
+
+
+class Engine:
+    """Owns `model` (a causal LM with `.tokenizer`) and serves sequences from one thread."""
+
+    def __init__(self, model: Any, max_batch: int = 16, max_model_len: int | None = None,
+                 max_queue: int = 256, metrics: Metrics | None = None) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        if not model.config.lm_head:
+            raise ValueError("the continuous-batching engine needs a causal LM (this model has no LM head)")
+        self.model = model
+        self.tokenizer = model.tokenizer
+        limit = model.config.max_position_embeddings
+        self.max_model_len = min(max_model_len or limit, limit)
+        if self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.metrics = metrics or Metrics()
+        eos = list(getattr(self.tokenizer, "eos_token_ids", None) or []) or model.config.eos_ids
+        self.eos_ids = [int(e) for e in eos]
+        self.vocab_size = model.config.vocab_size
+        self.device = next(model.parameters()).device
+        self._waiting: deque[Sequence] = deque()
+        self._rows: list[Sequence | None] = [None] * max_batch
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._full_caches: list[KVCache] = []
+        self._views: dict[tuple[int, int], list[KVCache]] = {}
+        self.steps = 0  # decode forwards run (tests and the benchmark read it)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self.model.setup_cache(self.max_batch, self.max_model_len)
+        self._full_caches = [blk.attn.cache for blk in self.model.layers]
+        self._full_masks = (self.model.causal_mask, self.model.diag_mask)
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="swisslm-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        for blk, cache in zip(self.model.layers, self._full_caches):
+            blk.attn.cache = cache
+        self._views.clear()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- requests ------------------------------------------------------------------------------
+    def submit(self, seqs: list[Sequence]) -> None:
+        """Queue sequences (all or none). Raises QueueFullError when the bound would be passed."""
+        with self._cv:
+            if not self.alive or self._stop:
+                raise EngineStoppedError("the engine is not running")
+            if len(self._waiting) + len(seqs) > self.max_queue:
+                self.metrics.rejected.inc()
+                raise QueueFullError(f"the server queue is full ({self.max_queue} waiting); retry later")
+            self._waiting.extend(seqs)
+            self.metrics.queue_depth.set(len(self._waiting))
+            self._cv.notify_all()
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        return sum(s is not None for s in self._rows)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                while True:
+                    with self._cv:
+                        while not self._stop and not self._waiting and not any(self._rows):
+                            self._cv.wait()
+                        if self._stop:
+                            break
+                    self._step()
+        except Exception as e:  # a bug here must not leave clients hanging: fail every sequence
+            logger.exception("engine loop failed")
+            self._fail_all(f"engine failure: {type(e).__name__}")
+        finally:
+            self._fail_all("server shutting down")
+            self._restore()
+
+    def _fail_all(self, message: str) -> None:
+        with self._cv:
+            pending = [s for s in self._rows if s is not None] + list(self._waiting)
+            self._rows = [None] * self.max_batch
+            self._waiting.clear()
+            self._stop = True
+        for s in pending:
+            self._emit(s, TokenEvent(None, "", finish_reason="abort", error=message))
+        self.metrics.queue_depth.set(0)
+        self.metrics.running.set(0)
+
+    def _step(self) -> None:
+        for b, s in enumerate(self._rows):
+            if s is not None and s.cancelled:
+                self._free(b, "abort")
+        self._admit()
+        active = [(b, s) for b, s in enumerate(self._rows) if s is not None]
+        self.metrics.running.set(len(active))
+        if active:
+            self._decode(active)
+
+    def _admit(self) -> None:
+        while True:
+            with self._cv:
+                free = next((b for b, s in enumerate(self._rows) if s is None), None)
+                if free is None or not self._waiting:
+                    self.metrics.queue_depth.set(len(self._waiting))
+                    return
+                seq = self._waiting.popleft()
+                self.metrics.queue_depth.set(len(self._waiting))
+            if seq.cancelled:
+                self._emit(seq, TokenEvent(None, "", finish_reason="abort"))
+                continue
+            self._rows[free] = seq
+            seq.row = free
+            self._prefill(seq)
+
+    def _bind(self, start: int, rows: int, slots: int) -> None:
+        """Point every layer's cache (and the model's position masks) at a window of the cache."""
+        key = (start, rows, slots)
+        views = self._views.get(key)
+        if views is None:
+            views = [_window(c, start, rows, slots) for c in self._full_caches]
+            if len(self._views) > 512:
+                self._views.clear()
+            self._views[key] = views
+        for blk, v in zip(self.model.layers, views):
+            blk.attn.cache = v
+        causal, diag = self._full_masks
+        self.model.causal_mask = causal[:, :slots]
+        self.model.diag_mask = diag[:, :slots]
+        self.model.max_cache_len = slots
+
+    def _restore(self) -> None:
+        if self._full_caches:
+            for blk, cache in zip(self.model.layers, self._full_caches):
+                blk.attn.cache = cache
+            self.model.causal_mask, self.model.diag_mask = self._full_masks
+            self.model.max_cache_len = self.max_model_len
+
+    def _slots(self, needed: int) -> int:
+        return min(self.max_model_len, -(-needed // _WINDOW) * _WINDOW)
+
+    def _prefill(self, seq: Sequence) -> None:
+        """Run the prompt alone (batch 1) into its row: row b's view is rows [b, b+1)."""
+        T = len(seq.prompt_ids)
+        b = seq.row
+        self._bind(b, 1, self._slots(T))
+        ids = torch.tensor([seq.prompt_ids], device=self.device)
+        logits = self.model(ids, input_pos=torch.arange(T, device=self.device), num_logits_to_keep=1).logits[:, -1]
+        self.metrics.prompt_tokens.inc(T)
+        seq.pos = T
+        self._sample_and_emit([(0, b, seq)], logits)
+
+    def _decode(self, active: list[tuple[int, Sequence]]) -> None:
+        rows = active[-1][0] + 1
+        pos = torch.zeros(rows, 1, dtype=torch.long)
+        tokens = torch.zeros(rows, 1, dtype=torch.long)
+        live = torch.zeros(rows, 1, dtype=torch.bool)
+        for b, s in active:
+            pos[b, 0] = s.pos
+            tokens[b, 0] = s.output_ids[-1]
+            live[b, 0] = True
+        slots = self._slots(int(pos.max()) + 1)
+        self._bind(0, rows, slots)
+        # Row b sees slots 0..pos_b; a free row sees nothing (the backbone lets every query see
+        # its own slot, so its softmax stays finite) and its output is never read.
+        mask = (torch.arange(slots)[None, :] <= pos) & live  # (rows, slots)
+        pos, tokens, mask = pos.to(self.device), tokens.to(self.device), mask.to(self.device)
+        logits = self.model(tokens, attention_mask=mask, input_pos=pos, num_logits_to_keep=1).logits[:, -1]
+        self.steps += 1
+        self.metrics.batch_size.observe(len(active))
+        for _, s in active:
+            s.pos += 1
+        self._sample_and_emit([(b, b, s) for b, s in active], logits)
+
+    # -- sampling, stopping, output ------------------------------------------------------------
+    def _choose(self, s: Sequence, logits: torch.Tensor) -> torch.Tensor:
+        """logits (1, V) of one row -> chosen token (1,)."""
+        p = s.params
+        logits = logits.float()
+        if p.logit_bias:
+            ids = torch.tensor(list(p.logit_bias), device=logits.device)
+            logits = logits.index_add(1, ids, torch.tensor([list(p.logit_bias.values())], device=logits.device))
+        if (p.presence_penalty or p.frequency_penalty) and s.output_ids:
+            counts = torch.bincount(torch.tensor(s.output_ids, device=logits.device), minlength=logits.shape[-1])
+            logits = logits - p.frequency_penalty * counts - p.presence_penalty * (counts > 0)
+        seen = None
+        if p.repetition_penalty != 1.0:
+            seen = torch.tensor([s.prompt_ids + s.output_ids], device=logits.device)
+        scores = process_logits(logits, seen, temperature=p.temperature if not p.greedy else 1.0, top_k=p.top_k,
+                                top_p=p.top_p, min_p=p.min_p, repetition_penalty=p.repetition_penalty,
+                                do_sample=not p.greedy)
+        return scores.argmax(-1) if p.greedy else sample(scores, s.generator)
+
+    def _sample_and_emit(self, items: list[tuple[int, int, Sequence]], logits: torch.Tensor) -> None:
+        """items: (index into logits, cache row, sequence)."""
+        now = time.perf_counter()
+        for i, b, s in items:
+            row_logits = logits[i:i + 1]
+            tok = self._choose(s, row_logits)
+            token_id = int(tok)
+            s.output_ids.append(token_id)
+            ev = TokenEvent(token_id, "")
+            if s.params.logprobs is not None:
+                lp, top_ids, top_lp = token_logprobs(row_logits, tok, s.params.logprobs)
+                ev.logprob = float(lp[0])
+                ev.top_logprobs = list(zip(top_ids[0].tolist(), top_lp[0].tolist()))
+            self.metrics.generation_tokens.inc()
+            if s.first_token_time is None:
+                s.first_token_time = now
+                self.metrics.ttft.observe(now - s.arrival)
+            else:
+                self.metrics.itl.observe(now - s.last_token_time)
+            s.last_token_time = now
+            finish = None
+            if token_id in s.stop_ids:
+                finish = "stop"  # the stop token itself is not shown as text
+            else:
+                ev.text = s.stops.push(s.deltas.push(token_id))
+                if s.stops.hit is not None:
+                    finish = "stop"
+            if finish is None and (len(s.output_ids) >= s.params.max_tokens or s.pos + 1 >= self.max_model_len):
+                finish = "length"
+            if finish is not None:
+                if s.stops.hit is None:
+                    ev.text += s.stops.push(s.deltas.flush())
+                    ev.text += s.stops.flush()
+                ev.finish_reason = finish
+                self._rows[b] = None
+                self._finish(s)
+            self._emit(s, ev)
+
+    def _free(self, b: int, reason: str) -> None:
+        s = self._rows[b]
+        self._rows[b] = None
+        if s is not None:
+            self._finish(s)
+            self._emit(s, TokenEvent(None, "", finish_reason=reason))
+
+    def _finish(self, s: Sequence) -> None:
+        s.finished = True
+        self.metrics.request_latency.observe(time.perf_counter() - s.arrival)
+
+    @staticmethod
+    def _emit(s: Sequence, ev: TokenEvent) -> None:
+        try:
+            s.sink(ev)
+        except Exception:  # the client's loop may be gone (shutdown): nothing left to tell it
+            logger.debug("dropping an event for a closed client", exc_info=True)
