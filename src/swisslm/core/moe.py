@@ -36,6 +36,9 @@ from .mlp import ACTIVATIONS, GatedMLP
 # -- grouped matmul ------------------------------------------------------------------------
 
 
+GROUPED_BACKEND = "loop"
+
+
 @functools.cache
 def _native_grouped_mm_ok(device_type: str, dtype: torch.dtype) -> bool:
     """Whether torch._grouped_mm runs (and is right) for this device/dtype in eager mode; probed
@@ -57,7 +60,7 @@ def _grouped_linear_eager(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) 
     """x (S, in) rows sorted by expert, w (E, out, in), offs (E,) int32 cumulative row ends."""
     if x.shape[0] == 0:
         return x.new_empty(0, w.shape[1])
-    if _native_grouped_mm_ok(x.device.type, x.dtype) and x.dtype == w.dtype:
+    if GROUPED_BACKEND == "native" and _native_grouped_mm_ok(x.device.type, x.dtype) and x.dtype == w.dtype:
         return torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)
     # Fallback: one matmul per expert that received rows (a loop over <= E experts, not tokens).
     out = x.new_empty(x.shape[0], w.shape[1])
@@ -140,6 +143,9 @@ class MoE(nn.Module):
         if self.has_shared:
             self.shared = GatedMLP(C, cfg.shared_expert_intermediate_size, cfg.activation, cfg.mlp_bias)
         self.router_logits: torch.Tensor | None = None  # (N, E) of the last forward
+        # Hooks for per-expert LoRA (mixins/lora.py ExpertLoRA): module(x_sorted, offs) -> delta.
+        self.lora_gate_up: nn.Module | None = None
+        self.lora_down: nn.Module | None = None
 
     @torch.no_grad()
     def reset_parameters_moe(self, std: float) -> None:
@@ -177,12 +183,17 @@ class MoE(nn.Module):
         counts = torch.zeros(self.num_experts, dtype=torch.int64, device=x.device)
         counts.scatter_add_(0, flat, torch.ones_like(flat))  # rows per expert, no host sync
         offs = counts.cumsum(0).to(torch.int32)  # (E,) row ends
-        h = grouped_linear(x[token], self.gate_up, offs)  # (S, 2I)
+        xs = x[token]  # (S, C)
+        h = grouped_linear(xs, self.gate_up, offs)  # (S, 2I)
+        if self.lora_gate_up is not None:
+            h = h + self.lora_gate_up(xs, offs)
         gate, up = h.split(self.inter, dim=-1)
         # The routing weight scales the (S, I) activation instead of the (S, C) output: the down
         # projection is linear, so it is the same sum, on half the width.
         a = self.act(gate) * up * weights.reshape(-1)[order, None]  # (S, I)
         y = grouped_linear(a, self.down, offs)  # (S, C)
+        if self.lora_down is not None:
+            y = y + self.lora_down(a, offs)
         return x.new_zeros(N, x.shape[1]).index_add(0, token, y)  # (N, C)
 
 

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..io.errors import CheckpointError
-from ..mixins.lora import ExpertLoRA, LoRALinear, LoRAMixin, find_sites, lora_mixins
+from ..mixins.lora import ExpertLoRA, LoRALinear, LoRAMixin, find_sites, lora_mixins, param_key
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,13 @@ def _get_lora(model: Any, name: str | None) -> LoRAMixin:
     return found[0][1]
 
 
-def _nest(params: list[str], param: str) -> str:
-    """PEFT nests one ParamWrapper per targeted parameter, first listed innermost."""
-    return ".base_layer" * (len(params) - 1 - params.index(param))
+def _nest(model: Any, module: str, param: str, targeted: set[str]) -> str:
+    """PEFT wraps each targeted parameter of a module in its own ParamWrapper, nesting them in the
+    module's parameter order (first innermost, under `.base_layer`). Our MoE registers its
+    stacked parameters in transformers' order (gate_up, down), so our order stands for theirs."""
+    own = model.get_submodule(module)._parameters
+    order = [n for n in own if n in targeted]
+    return ".base_layer" * (len(order) - 1 - order.index(param))
 
 
 @torch.no_grad()
@@ -61,12 +65,14 @@ def adapter_state_dict(model: Any, name: str | None = None) -> tuple[dict[str, t
     tensors: dict[str, torch.Tensor] = {}
     params = lora.target_parameters()
     r = lora.r
+    targeted: dict[str, set[str]] = {}
+    for site, _, _ in lora.adapters():
+        if site.expert:
+            targeted.setdefault(site.module, set()).add(site.param)
     for site, slices, ad in lora.adapters():
         if isinstance(ad, ExpertLoRA):
             hf = site.slices[0].hf  # model.layers.3.mlp.experts.gate_up_proj
-            mod, _, pname = hf.rpartition(".")
-            short = ".".join(hf.split(".")[-3:]) if ".layers." in hf else hf
-            key = PREFIX + mod + _nest(params, short)
+            key = PREFIX + hf.rpartition(".")[0] + _nest(model, site.module, site.param, targeted[site.module])
             E, out, _ = ad.lora_b.shape
             tensors[key + ".lora_A.weight"] = ad.lora_a.reshape(E * r, -1)
             tensors[key + ".lora_B.weight"] = ad.lora_b.permute(1, 2, 0).reshape(out, r * E)
@@ -168,13 +174,16 @@ def load_adapter(model: Any, folder: str | Path, name: str = "lora", trainable: 
     wanted = {_strip(k) for k in tensors}
     linear_names: set[str] = set()
     expert_keys: dict[str, str] = {}  # PEFT key (with nesting) -> our HF param name
-    for site in find_sites(model):
+    sites = find_sites(model)
+    targeted: dict[str, set[str]] = {}
+    for site in sites:
+        if site.expert and param_key(site.slices[0].hf) in params:
+            targeted.setdefault(site.module, set()).add(site.param)
+    for site in sites:
         for s in site.slices:
             if site.expert:
-                mod, _, _ = s.hf.rpartition(".")
-                short = ".".join(s.hf.split(".")[-3:])
-                if short in params:
-                    key = mod + _nest(params, short)
+                if site.param in targeted.get(site.module, ()):
+                    key = s.hf.rpartition(".")[0] + _nest(model, site.module, site.param, targeted[site.module])
                     if key in wanted:
                         expert_keys[key] = s.hf
             elif s.hf in wanted:

@@ -102,12 +102,11 @@ def find_sites(model: nn.Module) -> list[Site]:
         for layer in layers if "{layer}" in pattern else [None]:
             fmt = {"layer": layer} if layer is not None else {}
             if stacked:
-                site = _expert_site(model, sites, pattern, dest, fmt, target)
-                if site is None:
-                    continue
+                _expert_site(model, sites, pattern, dest, fmt, target)
                 continue
             d = dest.format(**fmt)
-            if not d.endswith(".weight"):
+            if not d.endswith(".weight"):  # a stacked [E, out, in] checkpoint tensor (GraniteMoE)
+                _expert_site(model, sites, pattern, dest, fmt, target)
                 continue
             mod_name = d[: -len(".weight")]
             try:
@@ -149,16 +148,24 @@ def _expert_site(model, sites, pattern, dest, fmt, target) -> Site | None:
     except AttributeError:
         return None
     stacked = getattr(mod, param, None)
-    if not isinstance(stacked, torch.Tensor) or stacked.dim() != 3 or not hasattr(mod, "expert_lora"):
+    if not isinstance(stacked, torch.Tensor) or stacked.dim() != 3 or not hasattr(mod, f"lora_{param}"):
         return None
     key = (mod_name, param)
     if key in sites:
         return sites[key]
-    experts_mod = pattern[: pattern.index(".{expert}")].format(**fmt)
-    hf = f"{experts_mod}.{param}_proj"
+    if "{expert}" in pattern:  # per-expert checkpoint tensors: transformers' fused parameter name
+        hf = f"{pattern[: pattern.index('.{expert}')].format(**fmt)}.{param}_proj"
+    else:  # already stacked in the checkpoint: that tensor's own name
+        hf = pattern.format(**fmt)
     site = Site(mod_name, [Slice(hf, 0, stacked.shape[1])], param=param, num_experts=stacked.shape[0])
     sites[key] = site
     return site
+
+
+def param_key(hf: str) -> str:
+    """`model.layers.3.mlp.experts.gate_up_proj` -> `mlp.experts.gate_up_proj` (PEFT's
+    `target_parameters` entries are relative to the layer)."""
+    return re.sub(r"^.*?\.(layers|h)\.\d+\.", "", hf)
 
 
 def _short(hf: str) -> str:
@@ -169,8 +176,8 @@ def _matches(hf: str, targets: str | Sequence[str], site: Site) -> bool:
     """PEFT's rules: a string is a regex matched against the full module name (`all-linear` is
     every linear but the output head); a list matches a name equal to, or ending in '.' + entry."""
     if isinstance(targets, str):
-        if targets == ALL_LINEAR:
-            return not site.is_head
+        if targets == ALL_LINEAR:  # routers stay out too: a LoRA'd router destabilises routing
+            return not site.is_head and not site.module.endswith(".router")
         return re.fullmatch(targets, hf) is not None
     return any(hf == t or hf.endswith("." + t) for t in targets)
 
@@ -304,8 +311,9 @@ def _add_base_prefix(module, state_dict, prefix, local_metadata, strict, missing
 class ExpertLoRA(nn.Module):
     """Per-expert LoRA on a stacked `[E, out, in]` parameter: A `[E, r, in]`, B `[E, out, r]`.
 
-    The MoE module calls `delta(x_sorted, expert_ids_or_offsets)` in its grouped compute (see
-    core/moe.py `expert_lora`); here we only hold the weights and the maths.
+    Installed as the MoE module's `lora_gate_up` / `lora_down`; its grouped compute calls
+    `adapter(x_sorted, offs)` and adds the result: two more grouped matmuls of rank r per
+    projection, on the same sorted rows (no loop over tokens).
     """
 
     def __init__(self, stacked: torch.Tensor, r: int, scaling: float) -> None:
@@ -326,6 +334,17 @@ class ExpertLoRA(nn.Module):
                 else:
                     nn.init.kaiming_uniform_(self.lora_a[e], a=math.sqrt(5))
             self.lora_b.zero_()
+
+    def forward(self, x: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+        """x (S, in) rows sorted by expert, offs (E,) row ends -> scaling * B_e A_e x (S, out)."""
+        from ..core.moe import grouped_linear
+
+        a, b = self.lora_a.to(x.dtype), self.lora_b.to(x.dtype)
+        pad = -self.r % 8  # torch._grouped_mm wants 16-byte strides: zero-pad the rank to 8
+        if pad:
+            a, b = F.pad(a, (0, 0, 0, pad)), F.pad(b, (0, pad))  # (E, r+p, in), (E, out, r+p)
+        u = grouped_linear(x, a, offs)  # (S, r+p)
+        return grouped_linear(u, b, offs) * self.scaling  # (S, out)
 
     def delta_weight(self) -> torch.Tensor:
         return torch.bmm(self.lora_b, self.lora_a) * self.scaling  # (E, out, in)
@@ -356,7 +375,8 @@ class LoRAMixin(Mixin):
         r: rank. alpha: scaling numerator (scaling = alpha / r, or alpha / sqrt(r) with
         `use_rslora`). dropout: on the adapter's input. target_modules: list of HF projection
         names (`q_proj`, `experts.gate_up_proj`, ...), a regex on full HF module names, or
-        "all-linear" (every linear and expert projection but the output head).
+        "all-linear" (every linear and expert projection but the output head and
+        MoE routers).
         layers: restrict to these layer indices. freeze_base: set requires_grad=False on every
         parameter of the model that no mixin owns (restored on del_mixin).
         init: "kaiming" (PEFT's default) or "gaussian"; B always starts at zero.
@@ -422,12 +442,12 @@ class LoRAMixin(Mixin):
     def _install(self, model: nn.Module, site: Site, slices: list[Slice]) -> None:
         if site.expert:
             moe = model.get_submodule(site.module)
-            if moe.expert_lora.get(site.param) is not None:
+            if getattr(moe, f"lora_{site.param}") is not None:
                 raise ValueError(f"{site.module}.{site.param} already has a LoRA adapter")
             ad = ExpertLoRA(getattr(moe, site.param), self.r, self.scaling)
             if self.init != "kaiming":
                 ad.reset_lora_parameters(self.init)
-            moe.expert_lora[site.param] = ad
+            setattr(moe, f"lora_{site.param}", ad)
             self._installed.append(_Installed(moe, site.param, None, ad, site, slices))
             return
         parent_name, _, attr = site.module.rpartition(".")
@@ -445,7 +465,7 @@ class LoRAMixin(Mixin):
     def detach(self, model: nn.Module) -> None:
         for rec in reversed(self._installed):
             if rec.original is None:
-                rec.parent.expert_lora[rec.attr] = None
+                setattr(rec.parent, f"lora_{rec.attr}", None)
             else:
                 setattr(rec.parent, rec.attr, rec.original)
                 _rebind_mlp_slot(rec.parent, rec.attr, rec.original)
@@ -461,7 +481,7 @@ class LoRAMixin(Mixin):
             if rec.original is None:
                 stacked = getattr(rec.parent, rec.attr)
                 stacked += rec.adapter.delta_weight().to(stacked.dtype)
-                rec.parent.expert_lora[rec.attr] = None
+                setattr(rec.parent, f"lora_{rec.attr}", None)
             else:
                 merged = rec.adapter.merged()
                 setattr(rec.parent, rec.attr, merged)
@@ -488,8 +508,7 @@ class LoRAMixin(Mixin):
         out = set()
         for r in self._installed:
             if r.site.expert:
-                hf = r.site.slices[0].hf
-                out.add(".".join(hf.split(".")[-3:]) if ".layers." in hf else hf)
+                out.add(param_key(r.site.slices[0].hf))
         return sorted(out)
 
     def extra_repr(self) -> str:
