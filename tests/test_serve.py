@@ -10,6 +10,7 @@ the content is verified exactly without the cost of the 135M model.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import socket
 import threading
@@ -70,11 +71,17 @@ def tiny_lm(tokenizer, seed: int = 0, **cfg_kw):
     return model
 
 
-@pytest.fixture(scope="session")
-def smollm2_tokenizer(smollm2_path):
+@functools.lru_cache(maxsize=None)
+def load_smollm2_tokenizer(path: str):
+    """Cached per process, so test_serve_*.py modules share one read of the GGUF vocabulary."""
     from swisslm.io.gguf import read_gguf_tokenizer
 
-    return read_gguf_tokenizer(smollm2_path)
+    return read_gguf_tokenizer(path)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_path):
+    return load_smollm2_tokenizer(str(smollm2_path))
 
 
 @pytest.fixture(scope="session")

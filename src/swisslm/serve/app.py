@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -64,6 +65,10 @@ logger = logging.getLogger(__name__)
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 503)
+}
+# Generation endpoints answer JSON, or an SSE stream when the body says "stream": true.
+STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES, 200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
 }
 HF_DEFAULT_MAX_NEW_TOKENS = 100  # InferenceClient documents this default
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's legacy completions default
@@ -117,12 +122,31 @@ def create_app(
     server = _Server(model, settings, engine, metrics, context_len)
     _install_error_handlers(app)
     _routes(app, server)
+    _document(app)
     # Middleware runs outermost-last: body limit and metrics see every request, auth inside them.
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     return app
+
+
+def _document(app: FastAPI) -> None:
+    """The spec says what the server does: validation errors are 400 with ErrorResponse (FastAPI
+    would document 422 + HTTPValidationError, which this server never sends)."""
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            for item in spec.get("paths", {}).values():
+                for op in item.values():
+                    op.get("responses", {}).pop("422", None)
+            schemas = spec.get("components", {}).get("schemas", {})
+            schemas.pop("HTTPValidationError", None)
+            schemas.pop("ValidationError", None)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -412,7 +436,7 @@ def _routes(app: FastAPI, srv: _Server) -> None:
         srv.check_model(model_id)
         return ModelCard(id=settings.model_name, created=srv.created, max_model_len=srv.context_len)
 
-    @app.post("/v1/completions", response_model=CompletionResponse, responses=ERROR_RESPONSES)
+    @app.post("/v1/completions", response_model=CompletionResponse, responses=STREAM_RESPONSES)
     async def completions(req: CompletionRequest, request: Request) -> Any:
         srv.check_model(req.model)
         srv.require_engine("/v1/completions")
@@ -447,7 +471,7 @@ def _routes(app: FastAPI, srv: _Server) -> None:
                                   usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                               total_tokens=prompt_tokens + completion_tokens))
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERROR_RESPONSES)
+    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=STREAM_RESPONSES)
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
         srv.check_model(req.model)
         srv.require_engine("/v1/chat/completions")
@@ -505,7 +529,7 @@ def _routes(app: FastAPI, srv: _Server) -> None:
         srv.metrics.prompt_tokens.inc(n)
         return EmbeddingResponse(data=data, model=settings.model_name, usage=Usage(prompt_tokens=n, total_tokens=n))
 
-    @app.post("/", response_model=list[HFGeneratedText], responses=ERROR_RESPONSES,
+    @app.post("/", response_model=list[HFGeneratedText], responses=STREAM_RESPONSES,
               summary="HF inference API: text-generation")
     async def hf_generate(req: HFGenerateRequest, request: Request) -> Any:
         srv.require_engine("POST /")
