@@ -268,7 +268,7 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.max_steps, initial=self.state.step, desc="train", unit="step",
-                       dynamic_ncols=True)
+                       dynamic_ncols=True, disable=None)  # None: no bar when stderr is not a terminal
         t0, tok0 = time.perf_counter(), self.state.tokens_seen
         try:
             while self.state.step < cfg.max_steps:
@@ -289,7 +289,10 @@ class Trainer:
                                f"tok/s {tps:,.0f}" + (f" MFU {100 * mfu:.1f}%" if mfu is not None else ""))
                         if "aux_loss" in metrics:
                             msg += f" aux {metrics['aux_loss']:.4f}"
-                        (bar.write if bar is not None else logger.info)(msg)
+                        if bar is not None and not bar.disable:
+                            bar.write(msg)
+                        else:
+                            logger.info(msg)
                 if cfg.eval_every and step % cfg.eval_every == 0:
                     metrics.update(self.evaluate())
                 if self.rank == 0:

@@ -1,0 +1,38 @@
+# SPDX-License-Identifier: Apache-2.0
+"""swisslm train CONFIG.yaml [--set a.b=v ...] [--resume [CKPT]]: pretrain (or continue) a model.
+
+Single process: `swisslm train cfg.yaml`. Data parallel: `torchrun --nproc_per_node N -m swisslm
+train cfg.yaml` (DDP by default, `--set training.parallel=fsdp` for FSDP2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="pretrain a model from a YAML config (torchrun for data parallel)")
+    p.add_argument("config", help="YAML config (see examples/train_tiny_llama.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optimizer.lr=1e-3 (repeatable)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
+                   help="continue from the latest checkpoint in run_dir (or from CKPT)")
+    p.add_argument("--print-config", action="store_true", help="print the validated config and exit")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from ..train.config import load_train_config
+
+    cfg = load_train_config(args.config, args.overrides)
+    if args.print_config:
+        print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        return 0
+    logging.getLogger("swisslm.train").setLevel(logging.INFO)
+    from ..train.run import run_training
+
+    run_training(cfg, resume=args.resume)
+    return 0
