@@ -11,9 +11,10 @@ so a GGUF file goes through the same family weight maps as an HF folder: nothing
 the file was a GGUF. Parsing uses `gguf.GGUFReader`, which memory-maps the file; tensors are
 dequantized one at a time as the iterator is consumed, so the file is never materialised twice.
 
-Parsing the header is not free: `GGUFReader` builds a small numpy view per vocabulary entry
-(~5 s for SmolLM2's 49k tokens + 49k merges). Every reader here therefore also accepts an open
-reader from `open_gguf`, so a loader parses the header once for config, tensors and tokenizer.
+Parsing the header is not free: `GGUFReader` builds a few numpy views per vocabulary entry
+(SmolLM2's 49k tokens + 49k merges: ~4.5 s and ~150 MB of Python objects on a quiet CPU). Every
+reader here therefore also accepts an open reader from `open_gguf`, so a loader parses the header
+once for config, tensors and tokenizer, and can drop the reader when it is done.
 
 Architectures are a registry (`GGUF_ARCHITECTURES`, llama.cpp's `general.architecture` ->
 converter), as CTranslate2 registers one loader per architecture; add an entry for a new one.
@@ -21,6 +22,7 @@ converter), as CTranslate2 registers one loader per architecture; add an entry f
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import re
@@ -31,7 +33,9 @@ from typing import Any, Literal
 
 import gguf
 import numpy as np
+import tokenizers
 import torch
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
 from swisslm.io.errors import CheckpointError
 from swisslm.io.tokenizer import Tokenizer
@@ -107,7 +111,7 @@ def _f32(x: float) -> float:
     GGUF keeps floats as float32, so `1e-5` comes back as 9.999999747378752e-06. The short form is
     what the model's own config.json says, and it rounds to the same float32 in every kernel.
     """
-    return float(repr(np.float32(x)))
+    return float(str(np.float32(x)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,7 +129,7 @@ def gguf_permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
     """
     rows = w.shape[0]
     if rows % (2 * n_head):
-        raise ValueError(f"cannot permute {tuple(w.shape)} for {n_head} heads: rows not divisible by 2 * n_head")
+        raise ValueError(f"cannot permute {tuple(w.shape)} for {n_head} heads: rows % (2 * n_head) != 0")
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
@@ -133,7 +137,7 @@ def gguf_unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
     """GGUF -> HF: the exact inverse of `gguf_permute_qk` (rows back to rotate-half order)."""
     rows = w.shape[0]
     if rows % (2 * n_head):
-        raise ValueError(f"cannot unpermute {tuple(w.shape)} for {n_head} heads: rows not divisible by 2 * n_head")
+        raise ValueError(f"cannot unpermute {tuple(w.shape)} for {n_head} heads: rows % (2 * n_head) != 0")
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
@@ -230,20 +234,22 @@ def _llama_config(reader: gguf.GGUFReader, arch: str) -> dict[str, Any]:
     if _tensor_dims(reader, "rope_freqs.weight") is not None:
         # Llama 3.1-style frequency factors: HF keeps them as rope_scaling parameters that the
         # tensor does not carry, and dropping it would change the maths silently.
-        raise CheckpointError(f"{name}: llama3-style rope_freqs.weight (Llama 3.1 rope scaling) is not supported yet")
+        raise CheckpointError(f"{name}: llama3-style rope_freqs.weight (Llama 3.1 rope scaling) "
+                              "is not supported yet")
     hidden = int(_req(reader, f"{arch}.embedding_length"))
     heads = int(_req(reader, f"{arch}.attention.head_count"))
     kv_heads = int(_value(reader, f"{arch}.attention.head_count_kv", heads))
     head_dim = int(_value(reader, f"{arch}.attention.key_length", hidden // heads))
     rot_dim = _value(reader, f"{arch}.rope.dimension_count")
     if rot_dim is not None and int(rot_dim) != head_dim:
-        raise CheckpointError(f"{name}: partial rotary (rope.dimension_count {rot_dim} != head_dim {head_dim}) "
-                              "is not supported for llama")
+        raise CheckpointError(f"{name}: partial rotary (rope.dimension_count {rot_dim} != "
+                              f"head_dim {head_dim}) is not supported for llama")
     vocab = _value(reader, f"{arch}.vocab_size")
     if vocab is None:
         dims = _tensor_dims(reader, "token_embd.weight")
         if dims is None:
-            raise CheckpointError(f"{name}: cannot tell the vocabulary size (no vocab_size, no token_embd.weight)")
+            raise CheckpointError(f"{name}: cannot tell the vocabulary size "
+                                  "(no vocab_size, no token_embd.weight)")
         vocab = dims[0]
     cfg: dict[str, Any] = {
         "architectures": ["LlamaForCausalLM"],
@@ -329,7 +335,8 @@ def read_gguf_config(path: GGUFSource) -> dict[str, Any]:
 def _dequantize(reader: gguf.GGUFReader, t: Any) -> np.ndarray:
     """One tensor as a writable float32 array in torch order ([out, in] for linears)."""
     try:
-        w = gguf.quants.dequantize(t.data, t.tensor_type)
+        # A plain ndarray view of the memmap (no copy): numpy skips memmap bookkeeping per block slice.
+        w = gguf.quants.dequantize(t.data.view(np.ndarray), t.tensor_type)
     except NotImplementedError as e:
         raise CheckpointError(f"{_name(reader)}: tensor {t.name} is {t.tensor_type.name}, which gguf "
                               f"{_gguf_version()} cannot dequantize") from e
@@ -347,14 +354,14 @@ def _dequantize(reader: gguf.GGUFReader, t: Any) -> np.ndarray:
 
 def _gguf_version() -> str:
     try:
-        from importlib.metadata import version
-
-        return version("gguf")
-    except Exception:  # noqa: BLE001 - only used to word an error
+        return importlib.metadata.version("gguf")
+    except importlib.metadata.PackageNotFoundError:
         return "(unknown version)"
 
 
-def iter_gguf_tensors(path: GGUFSource, dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_gguf_tensors(
+    path: GGUFSource, dtype: torch.dtype = torch.float32
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (HF name, tensor) for every tensor of a GGUF file, dequantized, in HF layout.
 
     Tensors come out in file order, one at a time, so peak memory is one dequantized tensor on
@@ -389,22 +396,168 @@ def iter_gguf_tensors(path: GGUFSource, dtype: torch.dtype = torch.float32) -> I
 # ----------------------------------------------------------------------------------------------
 
 
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table, in which byte-level BPE vocabularies are spelled."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+# Split regexes for `tokenizer.ggml.pre` names whose rule is one regex before byte-level BPE
+# (llama.cpp llama-vocab.cpp; the same strings transformers' GGUF converter uses).
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_PRE_SPLITS = {
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx", "pixtral"),
+                    _LLAMA3_SPLIT),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez"), _QWEN2_SPLIT),
+}
+# llama.cpp splits off every digit first, then applies GPT-2's regex, for these names. The HF
+# tokenizer.json of these models says the same: Digits(individual_digits=True) + ByteLevel.
+_DIGITS_THEN_GPT2 = frozenset(
+    ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva")
+)
+
+
+def _byte_level_pre_tokenizer(pre: str | None, mode: str) -> Any:
+    if pre in _PRE_SPLITS:
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(_PRE_SPLITS[pre]), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    if pre in _DIGITS_THEN_GPT2 and mode == "llama.cpp":
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ])
+    if pre not in (None, "default", "gpt2") and pre not in _DIGITS_THEN_GPT2:
+        logger.warning("GGUF pre-tokenizer %r is not known here; splitting text with GPT-2's regex", pre)
+    return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+
+
+def _merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+    """Rebuild BPE merges from a sentencepiece vocabulary's scores (transformers' generate_merges)."""
+    vocab = {t: i for i, t in enumerate(tokens)}
+    merges = []
+    for piece, score in zip(tokens, scores):
+        local = [(piece[:k], piece[k:], score) for k in range(1, len(piece))
+                 if piece[:k] in vocab and piece[k:] in vocab]
+        local.sort(key=lambda x: (vocab[x[0]], vocab[x[1]]))
+        merges.extend(local)
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(a, b) for a, b, _ in merges]
+
+
 def read_gguf_tokenizer(path: GGUFSource, *,
                         pre_tokenizer: Literal["llama.cpp", "transformers"] = "llama.cpp") -> Tokenizer:
     """The tokenizer a GGUF file describes, as a swisslm Tokenizer.
 
-    Built from `tokenizer.ggml.*`: "gpt2" (byte-level BPE) and "llama" (sentencepiece-style BPE
-    with byte fallback). Control tokens become special added tokens and user-defined ones plain
-    added tokens, as llama.cpp and transformers both do; `tokenizer.chat_template`,
-    `add_bos_token`/`add_eos_token` and the bos/eos/unk/pad ids carry over.
+    Built from `tokenizer.ggml.*`: model "gpt2" (byte-level BPE) or "llama" (sentencepiece-style
+    BPE with byte fallback); tokens, merges (or scores), token types, bos/eos/unk/pad ids,
+    add_bos/add_eos flags and `tokenizer.chat_template`. Control tokens become special added
+    tokens and user-defined ones plain added tokens, as in llama.cpp and transformers.
 
-    `pre_tokenizer` picks how `tokenizer.ggml.pre` is read. "llama.cpp" (default) splits text the
-    way llama.cpp does for that name, which is what the model was trained with (for SmolLM2's
-    "smollm": each digit on its own, then GPT-2's regex — its original tokenizer.json). "transformers"
-    copies transformers' GGUF converter, which has no entry for "smollm" and so falls back to plain
-    GPT-2 splitting: ids then differ when whitespace precedes a digit ("a  1").
+    `pre_tokenizer` says how to read `tokenizer.ggml.pre`. "llama.cpp" (default) splits text as
+    llama.cpp does for that name, which is how the model was trained: for SmolLM2's "smollm",
+    every digit alone and then GPT-2's regex, as in its original tokenizer.json. "transformers"
+    copies transformers' GGUF converter, which lacks "smollm" and falls back to GPT-2's regex:
+    ids then differ where whitespace precedes a digit ("a  1" -> "a", " ", " 1" vs "a", "  ", "1").
     """
-    from swisslm.io import _gguf_tokenizer
-
     reader = _open(path)
-    return _gguf_tokenizer.build(reader, _name(reader), _value, pre_tokenizer=pre_tokenizer)
+    name = _name(reader)
+    if pre_tokenizer not in ("llama.cpp", "transformers"):
+        raise ValueError(f"pre_tokenizer must be 'llama.cpp' or 'transformers', not {pre_tokenizer!r}")
+    kind = _value(reader, "tokenizer.ggml.model")
+    tokens = _value(reader, "tokenizer.ggml.tokens")
+    if kind is None or not tokens:
+        raise CheckpointError(f"{name}: GGUF has no tokenizer (tokenizer.ggml.model / tokens missing)")
+    types = _value(reader, "tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
+    merges_raw = _value(reader, "tokenizer.ggml.merges")
+    pre = _value(reader, "tokenizer.ggml.pre")
+
+    def tok(key: str) -> str | None:
+        i = _value(reader, f"tokenizer.ggml.{key}")
+        return tokens[i] if i is not None and 0 <= i < len(tokens) else None
+
+    if kind == "gpt2":
+        spelling = _bytes_to_unicode()
+        alphabet = set(spelling.values())
+        # Vocabularies are spelled in GPT-2's byte alphabet; a token that is not (a mislabelled
+        # special written in plain text) is respelled, as transformers does.
+        vocab = {t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")): i
+                 for i, t in enumerate(tokens)}
+        merges = [tuple(m.split(" ", 1)) for m in (merges_raw or [])]
+        backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None,
+                                                  continuing_subword_prefix="", end_of_word_suffix="",
+                                                  fuse_unk=False))
+        backend.pre_tokenizer = _byte_level_pre_tokenizer(pre, pre_tokenizer)
+        backend.decoder = decoders.ByteLevel()
+        add_bos = bool(_value(reader, "tokenizer.ggml.add_bos_token", False))
+        # A control token outside the byte alphabet would be a new id past the model's vocabulary.
+        control_ok = lambda t: set(t) <= alphabet  # noqa: E731
+    elif kind == "llama":
+        vocab = {t: i for i, t in enumerate(tokens)}
+        if merges_raw:
+            merges = [tuple(m.split(" ", 1)) for m in merges_raw]
+        else:
+            scores = _value(reader, "tokenizer.ggml.scores")
+            if scores is None:
+                raise CheckpointError(f"{name}: sentencepiece GGUF tokenizer has neither merges nor scores")
+            merges = _merges_from_scores(tokens, scores)
+        prefix = bool(_value(reader, "tokenizer.ggml.add_space_prefix", True))
+        backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, fuse_unk=True,
+                                                  byte_fallback=True, unk_token=tok("unknown_token_id")))
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581",
+                                                         prepend_scheme="first" if prefix else "never",
+                                                         split=False)
+        steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+        if prefix:
+            steps.append(decoders.Strip(content=" ", left=1, right=0))
+        backend.decoder = decoders.Sequence(steps)
+        # Older files lack the flag; llama.cpp adds BOS for sentencepiece vocabularies by default.
+        add_bos = bool(_value(reader, "tokenizer.ggml.add_bos_token", True))
+        control_ok = lambda t: True  # noqa: E731
+    else:
+        raise CheckpointError(f"{name}: GGUF tokenizer model {kind!r} is not supported (gpt2, llama)")
+
+    control = [AddedToken(t, normalized=False, special=True)
+               for t, ty in zip(tokens, types) if ty == TOKEN_CONTROL and control_ok(t)]
+    if control:
+        backend.add_special_tokens(control)
+    user = [AddedToken(t, normalized=False, special=False)
+            for t, ty in zip(tokens, types) if ty == TOKEN_USER_DEFINED and t in vocab]
+    if user:
+        backend.add_tokens(user)
+
+    specials = {"bos_token": tok("bos_token_id"), "eos_token": tok("eos_token_id"),
+                "unk_token": tok("unknown_token_id"), "pad_token": tok("padding_token_id")}
+    named = [AddedToken(t, normalized=False, special=True) for t in dict.fromkeys(specials.values())
+             if t is not None and backend.get_added_tokens_decoder().get(vocab.get(t, -1)) is None]
+    if named:  # transformers makes every named special token an added special token
+        backend.add_special_tokens(named)
+    eos_ids = [i for i in (_value(reader, "tokenizer.ggml.eot_token_id"),
+                           _value(reader, "tokenizer.ggml.eom_token_id")) if i is not None]
+    arch = _value(reader, "general.architecture")
+    ctx = _value(reader, f"{arch}.context_length") if arch else None
+    return Tokenizer(
+        backend,
+        special_tokens=specials,
+        chat_template=_value(reader, "tokenizer.chat_template"),
+        add_bos_token=add_bos,
+        add_eos_token=bool(_value(reader, "tokenizer.ggml.add_eos_token", False)),
+        extra_eos_token_ids=[int(i) for i in eos_ids],
+        model_max_length=int(ctx) if ctx is not None else None,
+        source=name,
+    )

@@ -61,9 +61,10 @@ def open_checkpoint(path: str | Path) -> tuple[dict[str, Any], Iterable[tuple[st
     if p.is_file():
         if p.suffix != ".gguf":
             raise CheckpointError(f"{p}: not a .gguf file or an HF model folder")
-        from .gguf import iter_gguf_tensors, read_gguf_config, read_gguf_tokenizer
+        from .gguf import iter_gguf_tensors, open_gguf, read_gguf_config, read_gguf_tokenizer
 
-        return read_gguf_config(p), iter_gguf_tensors(p), read_gguf_tokenizer(p)
+        reader = open_gguf(p)  # parse the header once for config, tensors and tokenizer
+        return read_gguf_config(reader), iter_gguf_tensors(reader), read_gguf_tokenizer(reader)
     hf = read_hf_config(p)
     tokenizer = None
     if (p / "tokenizer.json").exists():
