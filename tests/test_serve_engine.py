@@ -1,0 +1,175 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The continuous-batching engine without HTTP: token-exact against generate(), rows joining and
+leaving mid-flight, seeds independent of neighbours, cancellation, the queue bound, and the
+`swisslm serve` command line."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from test_serve import load_smollm2_tokenizer, tiny_lm
+
+from swisslm.serve.engine import Engine, QueueFullError, SamplingParams, Sequence
+
+
+@pytest.fixture(scope="module")
+def tok(smollm2_path):
+    return load_smollm2_tokenizer(str(smollm2_path))
+
+
+@pytest.fixture(scope="module")
+def lm(tok):
+    return tiny_lm(tok)
+
+
+@pytest.fixture
+def engine(lm):
+    eng = Engine(lm, max_batch=4, max_model_len=200, max_queue=16)
+    eng.start()
+    yield eng
+    eng.stop()
+
+
+def run(eng: Engine, tok, jobs, wait: float = 60.0, stagger: float = 0.0):
+    """Submit (prompt, params) jobs (optionally spaced out) and return each one's events."""
+    events = [[] for _ in jobs]
+    done = [threading.Event() for _ in jobs]
+
+    def sink(i, ev):
+        events[i].append(ev)
+        if ev.finish_reason is not None:
+            done[i].set()
+
+    seqs = [Sequence(tok.encode(p), sp, lambda ev, i=i: sink(i, ev), tok, eng.eos_ids) for i, (p, sp) in
+            enumerate(jobs)]
+    for s in seqs:
+        eng.submit([s])
+        time.sleep(stagger)
+    for d in done:
+        assert d.wait(wait), "sequence did not finish"
+    return events, seqs
+
+
+def reference(lm, tok, prompt: str, n: int) -> list[int]:
+    ids = tok.encode(prompt)
+    lm.clear_cache()
+    return lm.generate(torch.tensor([ids]), max_new_tokens=n, eos_token_id=[-1])[0, len(ids):].tolist()
+
+
+def test_more_sequences_than_rows_are_token_exact(engine, lm, tok):
+    """10 sequences through 4 rows: rows are reused, sequences of different lengths leave at
+    different steps and waiting ones take their rows, all while staying equal to solo greedy."""
+    prompts = [f"prompt {i} " + "x " * i for i in range(10)]
+    lengths = [3 + 4 * (i % 3) for i in range(10)]
+    jobs = [(p, SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)) for p, n in zip(prompts, lengths)]
+    refs = []
+    engine.stop()  # the reference runs on the same weights; give it the cache back meanwhile
+    for p, n in zip(prompts, lengths):
+        refs.append(reference(lm, tok, p, n))
+    engine._thread = None
+    engine.start()
+    events, seqs = run(engine, tok, jobs)
+    for evs, ref, seq in zip(events, refs, seqs):
+        assert [e.token_id for e in evs] == ref == seq.output_ids
+        assert evs[-1].finish_reason == "length"
+        assert "".join(e.text for e in evs) == tok.decode(ref)
+    assert engine.num_running == 0 and engine.num_waiting == 0
+
+
+def test_late_joiner_does_not_change_running_rows(engine, tok):
+    sp = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)
+    alone, _ = run(engine, tok, [("steady stream of words", sp)])
+    mixed, _ = run(engine, tok, [("steady stream of words", sp), ("a latecomer", sp), ("another one", sp)],
+                   stagger=0.01)
+    assert [e.token_id for e in mixed[0]] == [e.token_id for e in alone[0]]
+
+
+def test_seeded_sampling_ignores_neighbours(engine, tok):
+    sp = SamplingParams(max_tokens=20, temperature=0.9, top_k=50, seed=7, ignore_eos=True)
+    alone, _ = run(engine, tok, [("seeded", sp)])
+    noisy = SamplingParams(max_tokens=20, temperature=1.3, ignore_eos=True)
+    mixed, _ = run(engine, tok, [("other", noisy), ("seeded", sp), ("more", noisy)])
+    assert [e.token_id for e in mixed[1]] == [e.token_id for e in alone[0]]
+
+
+def test_stop_strings_and_eos(engine, tok):
+    sp = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    (evs,), _ = run(engine, tok, [("stop test", sp)])
+    text = "".join(e.text for e in evs)
+    stop = text[4:7]
+    (cut,), _ = run(engine, tok, [("stop test", SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True,
+                                                               stop=[stop]))])
+    assert "".join(e.text for e in cut) == text[: text.find(stop)]
+    assert cut[-1].finish_reason == "stop"
+    # A stop token id ends the sequence with 'stop' and its text is not shown.
+    first = evs[2].token_id
+    (ended,), _ = run(engine, tok, [("stop test", SamplingParams(max_tokens=12, temperature=0.0,
+                                                                 stop_token_ids=[first]))])
+    assert [e.token_id for e in ended][-1] == first and ended[-1].finish_reason == "stop"
+
+
+def test_cancel_frees_the_row_and_queue_is_bounded(lm, tok):
+    eng = Engine(lm, max_batch=1, max_model_len=200, max_queue=2)
+    lm.register_forward_pre_hook(lambda *_: time.sleep(0.005))  # slow enough to probe mid-sequence
+    eng.start()
+    try:
+        got = []
+        sp = SamplingParams(max_tokens=150, temperature=0.0, ignore_eos=True)
+        seqs = [Sequence(tok.encode("long"), sp, got.append, tok, eng.eos_ids) for _ in range(3)]
+        eng.submit(seqs[:1])
+        deadline = time.monotonic() + 10
+        while eng.num_running == 0 and time.monotonic() < deadline:  # the first one takes the only row
+            time.sleep(0.005)
+        eng.submit(seqs[1:])  # fills the queue (2)
+        with pytest.raises(QueueFullError):
+            eng.submit([Sequence(tok.encode("one too many"), sp, got.append, tok, eng.eos_ids)])
+        for s in seqs:
+            s.cancel()
+        deadline = time.monotonic() + 10
+        while (eng.num_running or eng.num_waiting) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert eng.num_running == 0 and eng.num_waiting == 0
+        aborted = [e for e in got if e.finish_reason == "abort"]
+        assert len(aborted) == 3
+        assert sum(e.token_id is not None for e in got) < 150  # the running one stopped early
+    finally:
+        eng.stop()
+        lm._forward_pre_hooks.clear()
+
+
+def test_stop_fails_pending_sequences(lm, tok):
+    eng = Engine(lm, max_batch=1, max_model_len=200)
+    eng.start()
+    got = []
+    eng.submit([Sequence(tok.encode("x"), SamplingParams(max_tokens=190, temperature=0.0, ignore_eos=True),
+                         got.append, tok, eng.eos_ids)])
+    eng.stop()
+    assert got and got[-1].finish_reason in ("abort", "length")
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["serve", "--port", "0"],
+    ["serve", "--max-batch", "0"],
+    ["serve", "--port", "70000"],
+    ["serve", "--api-key", ""],
+])
+def test_cli_usage_errors_exit_2(argv, capsys):
+    from swisslm.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("swisslm serve: error:")
+
+
+def test_served_name_is_never_a_path():
+    from swisslm.cli.serve import served_name
+
+    assert served_name("/models/SmolLM2-135M-Instruct.Q4_1.gguf") == "SmolLM2-135M-Instruct.Q4_1"
+    assert served_name("/some/dir/my-model/") == "my-model"
+    assert served_name(None) == "SmolLM2-135M-Instruct"
