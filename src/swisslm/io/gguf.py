@@ -26,6 +26,7 @@ import importlib.metadata
 import logging
 import os
 import re
+import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +39,12 @@ import torch
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
 from swisslm.io.errors import CheckpointError
+from swisslm.io.gguf_header import FastGGUF
 from swisslm.io.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-GGUFSource = str | os.PathLike[str] | gguf.GGUFReader
+GGUFSource = str | os.PathLike[str] | gguf.GGUFReader | FastGGUF
 
 # llama.cpp's `tokenizer.ggml.token_type` values (llama_token_type in llama.h).
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
@@ -53,7 +55,7 @@ TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TO
 # ----------------------------------------------------------------------------------------------
 
 
-def open_gguf(path: str | os.PathLike[str]) -> gguf.GGUFReader:
+def open_gguf(path: str | os.PathLike[str]) -> FastGGUF:
     """Open (memory-map) a GGUF file, turning every failure into one `CheckpointError` line.
 
     Pass the result to the other readers to parse the header only once.
@@ -62,13 +64,13 @@ def open_gguf(path: str | os.PathLike[str]) -> gguf.GGUFReader:
     if not p.is_file():
         raise CheckpointError(f"{p}: no such GGUF file")
     try:
-        return gguf.GGUFReader(p)
-    except (ValueError, KeyError, IndexError, OSError, UnicodeDecodeError) as e:
+        return FastGGUF(p)
+    except (ValueError, KeyError, IndexError, OSError, UnicodeDecodeError, struct.error) as e:
         raise CheckpointError(f"{p}: not a readable GGUF file ({type(e).__name__}: {e})") from e
 
 
-def _open(src: GGUFSource) -> gguf.GGUFReader:
-    return src if isinstance(src, gguf.GGUFReader) else open_gguf(src)
+def _open(src: GGUFSource) -> gguf.GGUFReader | FastGGUF:
+    return src if isinstance(src, gguf.GGUFReader | FastGGUF) else open_gguf(src)
 
 
 def _name(reader: gguf.GGUFReader) -> str:
