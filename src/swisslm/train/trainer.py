@@ -181,7 +181,7 @@ class Trainer:
                 if aux is not None:
                     loss = loss + aux / len(micro_batches)
                     aux_sum += aux.detach().double().cpu() / len(micro_batches)
-                    moe_stats.append(router_stats(out, self._model_cfg))
+                    moe_stats.append(router_stats(out, self._model_cfg, batch.get("attention_mask")))
                 loss.backward()
             loss_sum += ce.detach().double().cpu()
         grad_norm = None
@@ -320,21 +320,22 @@ class Trainer:
 
 # -- MoE router statistics ---------------------------------------------------------------------------
 
-def router_stats(out: Any, cfg: Any) -> dict[str, torch.Tensor]:
-    """Per-expert load (fraction of routed token slots), load-balancing and z losses (unweighted)."""
+def router_stats(out: Any, cfg: Any, attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per-expert load (fraction of routed token slots, per layer) and the two unweighted router
+    losses, computed by core/moe.py's own functions so the logged parts add up to `aux_loss`."""
     rl = getattr(out, "router_logits", None)
     if not rl or cfg is None:
         return {}
-    k = max(1, int(getattr(cfg, "num_experts_per_tok", 1)))
+    from ..core.moe import load_balancing_loss, router_z_loss
+
+    k = max(1, int(cfg.num_experts_per_tok))
     with torch.no_grad():
+        lb = load_balancing_loss(rl, cfg.num_experts, k, attention_mask)
+        z = router_z_loss(rl, attention_mask)
         logits = torch.stack([r.reshape(-1, r.shape[-1]).float() for r in rl])  # (L, N, E)
-        probs = logits.softmax(-1)
-        top = probs.topk(k, dim=-1).indices
-        E = logits.shape[-1]
-        load = F.one_hot(top, E).float().sum(-2).mean(1) / k  # (L, E): fraction of slots per expert
-        lb = (E * (load * probs.mean(1)).sum(-1)).mean()  # Switch / HF load_balancing_loss_func
-        z = torch.logsumexp(logits, -1).pow(2).mean()  # ST-MoE router z-loss
-    return {"load": load.cpu(), "lb": lb.cpu(), "z": z.cpu()}
+        top = logits.topk(k, dim=-1).indices  # softmax is monotonic: same top-k as the router's
+        load = F.one_hot(top, logits.shape[-1]).float().sum(-2).mean(1) / k  # (L, E)
+    return {"load": load.cpu(), "lb": lb.detach().cpu(), "z": z.detach().cpu()}
 
 
 def merge_router_stats(stats: list[dict[str, torch.Tensor]], world_size: int) -> dict[str, float]:
