@@ -1,0 +1,243 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The quantize pass and the quantized checkpoint format.
+
+    quantize_(model, "int8")                       # in place, after the model is built
+    save_quantized(model, "out/")                  # safetensors + config.json (+ tokenizer)
+    swisslm.AutoModel.from_pretrained("out/")      # straight into the quantized layers
+
+Checkpoint format: config.json is the family's HF config plus a top-level "swisslm" object:
+    {"format": 1, "config": ModelConfig.to_dict(),
+     "quantization": {"scheme": "int8"|"int4", "group_size": 64, "modules": {name: kind}}}
+where kind is "int8" | "int4" (linears), "int8_embedding", "int8_experts", or "tied" (the head
+shares the int8 embedding's tensors). Tensors are stored under swisslm's own parameter names
+(`layers.3.attn.qkv.weight` int8, `...scales`), since quantized tensors have no HF name.
+The loader reads the scheme from this JSON, never from the path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..io.errors import CheckpointError
+from .layers import INT4_GROUP_SIZES, Int4Linear, Int8Embedding, Int8Linear
+from .moe import is_moe, quantize_moe_
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("int8", "int4")
+FORMAT_VERSION = 1
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+    # Slot defaults that point at the replaced module must follow (the model's `embed` slot is
+    # the Embeddings module, not `embed.word`, so today this only matters for whole-module swaps).
+    defaults = parent.__dict__.get("_slot_defaults")
+    if defaults and attr in defaults:
+        defaults[attr] = new
+
+
+def _linear_targets(model: nn.Module, head: bool) -> list[str]:
+    out = []
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Linear) or name.startswith("mixins."):
+            continue
+        if name.endswith("router"):  # MoE routers: tiny, and top-k flips are costly
+            continue
+        if name == "head.proj" and not head:
+            continue
+        out.append(name)
+    return out
+
+
+def _make_linear(lin: nn.Module, kind: str, group_size: int) -> nn.Module:
+    if kind == "int4" and lin.in_features % group_size == 0:
+        return Int4Linear.from_linear(lin, group_size)
+    return Int8Linear.from_linear(lin)
+
+
+def _empty_linear(lin: nn.Module, kind: str, group_size: int) -> nn.Module:
+    """Quantized module with meta tensors of the right shapes (checkpoint loading)."""
+    bias = lin.bias is not None
+    if kind == "int4":
+        return Int4Linear(lin.in_features, lin.out_features, bias, group_size, device="meta")
+    return Int8Linear(lin.in_features, lin.out_features, bias, device="meta")
+
+
+@torch.no_grad()
+def quantize_(
+    model: nn.Module,
+    scheme: str = "int8",
+    group_size: int = 64,
+    head: bool = True,
+    embeddings: bool = True,
+) -> nn.Module:
+    """Weight-only quantize `model` in place and return it.
+
+    Every nn.Linear of the layers (MoE routers excepted) becomes Int8Linear (per output channel)
+    or Int4Linear (per group of `group_size` input columns; a layer whose width is not a multiple
+    falls back to int8). MoE experts become int8 per expert per channel. `head` quantizes the LM
+    head (with the scheme); `embeddings` stores the token embedding int8 per row. With tied
+    embeddings and scheme int8, head and embedding share one int8 tensor.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"quantization scheme must be one of {list(SCHEMES)}, got {scheme!r}")
+    if scheme == "int4" and group_size not in INT4_GROUP_SIZES:
+        raise ValueError(f"int4 group_size must be one of {list(INT4_GROUP_SIZES)}, got {group_size}")
+    if getattr(model, "quantization", None):
+        raise ValueError(f"model is already quantized ({model.quantization['scheme']})")
+    modules: dict[str, str] = {}
+    cfg = getattr(model, "config", None)
+    tied = bool(cfg is not None and cfg.lm_head and cfg.tie_embeddings)
+    for name in _linear_targets(model, head):
+        lin = model.get_submodule(name)
+        q = _make_linear(lin, scheme, group_size)
+        _set_module(model, name, q)
+        modules[name] = "int4" if isinstance(q, Int4Linear) else "int8"
+    for name, m in list(model.named_modules()):
+        if is_moe(m):
+            quantize_moe_(m)
+            modules[name] = "int8_experts"
+    if embeddings and isinstance(getattr(getattr(model, "embed", None), "word", None), nn.Embedding):
+        emb = Int8Embedding.from_embedding(model.embed.word)
+        model.embed.word = emb
+        modules["embed.word"] = "int8_embedding"
+        if tied and modules.get("head.proj") == "int8":
+            _tie_head(model)
+            modules["head.proj"] = "tied"
+    model.quantization = {"scheme": scheme, "group_size": group_size, "modules": modules}
+    log.info("quantized %d modules to %s", len(modules), scheme)
+    return model
+
+
+def _tie_head(model: nn.Module) -> None:
+    """Head = the int8 embedding's tensors (the per-row scale of an embedding is the per-output-
+    channel scale of the head: one quantization serves both)."""
+    emb = model.embed.word
+    head = Int8Linear(emb.embedding_dim, emb.num_embeddings, bias=False, device="meta")
+    head.weight, head.scales = emb.weight, emb.scales
+    model.head.proj = head
+
+
+# -- checkpoint ----------------------------------------------------------------------------
+
+
+def save_quantized(model: nn.Module, folder: str | Path, tokenizer: Any = None) -> Path:
+    """Write a quantized checkpoint folder (see module docstring)."""
+    from ..families import get_family
+    from ..io.safetensors_io import save_sharded
+
+    q = getattr(model, "quantization", None)
+    if not q:
+        raise ValueError("model is not quantized; call quantize_(model, scheme) first")
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg: ModelConfig = model.config
+    hf = get_family(cfg.family).config_to_hf(cfg)
+    hf.update({k: v for k, v in cfg.extra.items() if k not in hf})
+    hf["swisslm"] = {"format": FORMAT_VERSION, "config": cfg.to_dict(), "quantization": q}
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("mixins.")}
+    if q["modules"].get("head.proj") == "tied" or (cfg.tie_embeddings and "head.proj" not in q["modules"]):
+        for k in [k for k in state if k.startswith("head.proj.")]:
+            state.pop(k)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    save_sharded(tensors, out, 5 * 1024**3)
+    (out / "config.json").write_text(json.dumps(hf, indent=2))
+    gen = {k: getattr(cfg, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id") if getattr(cfg, k) is not None}
+    if gen:
+        (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tok is not None:
+        tok.save(out)
+    return out
+
+
+def _apply_structure(model: nn.Module, q: dict[str, Any], source: str) -> None:
+    """Swap modules for empty quantized ones as the checkpoint's module map says (on meta)."""
+    group_size = int(q.get("group_size", 64))
+    for name, kind in q["modules"].items():
+        try:
+            m = model.get_submodule(name)
+        except AttributeError:
+            raise CheckpointError(f"{source}: quantized module {name!r} does not exist in this model") from None
+        if kind in ("int8", "int4"):
+            _set_module(model, name, _empty_linear(m, kind, group_size))
+        elif kind == "int8_embedding":
+            _set_module(model, name, Int8Embedding(m.num_embeddings, m.embedding_dim, device="meta"))
+        elif kind == "int8_experts":
+            quantize_moe_(m)
+        elif kind != "tied":
+            raise CheckpointError(f"{source}: unknown quantized module kind {kind!r} for {name!r}")
+
+
+def load_quantized(
+    path: Path,
+    hf: dict[str, Any],
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    tokenizer: Any,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    model_cls: type,
+) -> tuple[nn.Module, Any]:
+    """Build on meta, swap in quantized modules, assign the stored tensors (no float detour)."""
+    from ..io.loader import build_on_meta, materialize_buffers
+
+    meta = hf["swisslm"]
+    if not isinstance(meta, dict) or "config" not in meta or "quantization" not in meta:
+        raise CheckpointError(f"{path}: config.json 'swisslm' needs 'config' and 'quantization'")
+    if int(meta.get("format", 1)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: quantized format {meta['format']} is newer than this swisslm reads")
+    q = meta["quantization"]
+    if q.get("scheme") not in SCHEMES:
+        raise CheckpointError(f"{path}: unknown quantization scheme {q.get('scheme')!r}")
+    cfg = ModelConfig.from_dict(meta["config"])
+    model = build_on_meta(cfg, model_cls)
+    _apply_structure(model, q, str(path))
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith("mixins.")}
+    tied = q["modules"].get("head.proj") == "tied" or (cfg.tie_embeddings and "head.proj" not in q["modules"])
+    if tied:
+        for k in [k for k in expected if k.startswith("head.proj.")]:
+            expected.pop(k)
+    state: dict[str, torch.Tensor] = {}
+    problems: list[str] = []
+    for name, t in tensors:
+        if name not in expected:
+            problems.append(f"tensor {name!r} has no place in the model")
+            continue
+        want = expected[name]
+        if tuple(t.shape) != tuple(want.shape):
+            problems.append(f"{name}: shape {tuple(t.shape)} != expected {tuple(want.shape)}")
+        elif t.dtype != want.dtype and not (t.is_floating_point() and want.is_floating_point()):
+            problems.append(f"{name}: dtype {t.dtype} != expected {want.dtype}")
+        # Quantized payloads keep their dtype; float tensors (norms, biases) follow `dtype`,
+        # scales stay fp32.
+        keep = not t.is_floating_point() or name.endswith(("scales", "mins"))
+        state[name] = t if keep else t.to(dtype)
+    problems += [f"missing tensor for {n!r}" for n in expected if n not in state]
+    if problems:
+        shown = "; ".join(problems[:20]) + (f"; ... {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise CheckpointError(f"{path}: {len(problems)} weight problem(s): {shown}")
+    model.load_state_dict(state, strict=False, assign=True)
+    if tied:
+        if q["modules"].get("head.proj") == "tied":
+            _tie_head(model)
+        else:
+            model.head.proj.weight = model.embed.word.weight
+    for m in model.modules():  # quantized layers compute in the requested float dtype
+        if hasattr(m, "compute_dtype"):
+            m.compute_dtype = dtype
+    materialize_buffers(model, "cpu")
+    model.to(device)
+    model.quantization = q
+    model.eval()
+    return model, tokenizer

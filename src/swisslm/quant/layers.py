@@ -1,0 +1,281 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Weight-only quantized layers: int8 per output channel, int4 per group, int8 embeddings.
+
+Storage (what `state_dict` holds and the checkpoint stores) is plain tensors:
+
+    Int8Linear      weight int8 [out, in], scales fp32 [out]             W = scales[:, None] * weight
+    Int4Linear      weight uint8 [out, in/2] (two nibbles, low first),   W = q * scales + mins
+                    scales, mins fp32 [out, in/group_size]              (per group of the input dim)
+    Int8Embedding   weight int8 [V, C], scales fp32 [V]                  row = scales[v] * weight[v]
+
+Compute (measured on the AVX2 CI machine, see quant/README in the report): torch's weight-only CPU
+kernels `_weight_int8pack_mm` / `_weight_int4pack_mm_for_cpu` have no fast AVX2 path (10-50x
+slower than an fp32 matmul there), and an inductor-compiled dequant+matmul was slower still. The
+fastest int8 matmul torch ships for x86 is fbgemm's dynamic-quantized linear (weights int8 per
+channel, activations quantized per tensor on the fly, int32 accumulate) -- the same scheme
+CTranslate2's `int8` compute type uses. So inference runs through `quantized::linear_dynamic`
+on a packed copy of the int8 weight (built once, on first use), and an int4 layer is unpacked
+into that same int8 runtime form (disk stays int4; its numerics are int4's, since int4 values
+re-quantized per channel to 8 bits lose nothing measurable). When autograd needs the input
+gradient (QLoRA training) or fbgemm is unavailable, the layer computes the exact weight-only
+product `F.linear(x, dequantize())`.
+
+Every quantized module is a plain nn.Module with `in_features`, `out_features`, `compute_dtype`
+and `dequantize()` (the float weight), so LoRA can wrap it (QLoRA).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+INT4_GROUP_SIZES = (32, 64, 128)
+
+# `quantized::linear_dynamic(x, packed, reduce_range)`: reduce_range quantizes activations to 7
+# bits so AVX2's u8*s8 pair sums (vpmaddubsw, int16) cannot saturate; PyTorch's own default.
+REDUCE_RANGE = True
+
+
+# -- quantization maths ----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def quantize_int8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w (..., out, in) float -> (int8 (..., out, in), scales fp32 (..., out)); symmetric absmax."""
+    w = w.float()
+    scales = w.abs().amax(dim=-1).clamp(min=1e-12) / 127.0
+    q = torch.round(w / scales[..., None]).clamp(-127, 127).to(torch.int8)
+    return q, scales
+
+
+@torch.no_grad()
+def quantize_int4_per_group(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w (out, in) float -> (packed uint8 (out, in/2), scales (out, G), mins (out, G)).
+
+    Asymmetric min/max per group of `group_size` input columns (GGUF Q4_1 / GPTQ-style):
+    q = round((w - min) / scale) in 0..15, w ~ q * scale + min."""
+    out_f, in_f = w.shape
+    if in_f % group_size:
+        raise ValueError(f"in_features {in_f} is not a multiple of group_size {group_size}")
+    g = w.float().reshape(out_f, in_f // group_size, group_size)  # (out, G, gs)
+    lo, hi = g.amin(-1), g.amax(-1)
+    scales = ((hi - lo) / 15.0).clamp(min=1e-12)
+    q = torch.round((g - lo[..., None]) / scales[..., None]).clamp(0, 15).to(torch.uint8)
+    q = q.reshape(out_f, in_f)
+    packed = q[:, 0::2] | (q[:, 1::2] << 4)  # (out, in/2): low nibble = even column
+    return packed, scales, lo
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """(out, in/2) uint8 -> (out, in) uint8 values 0..15."""
+    lo, hi = packed & 0x0F, packed >> 4
+    return torch.stack((lo, hi), dim=-1).reshape(packed.shape[0], -1)
+
+
+def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
+    q = unpack_int4(packed).float()  # (out, in)
+    out_f, in_f = q.shape
+    G = scales.shape[1]
+    w = q.view(out_f, G, in_f // G) * scales[..., None] + mins[..., None]
+    return w.reshape(out_f, in_f)
+
+
+# -- fbgemm packed runtime -------------------------------------------------------------------
+
+
+@functools.cache
+def fbgemm_available() -> bool:
+    """Whether the x86/fbgemm dynamic-quantized linear runs here (probed once on a tiny problem)."""
+    try:
+        w = torch.randint(-127, 128, (4, 8), dtype=torch.int8)
+        packed = _prepack(w, torch.ones(4), None)
+        torch.ops.quantized.linear_dynamic(torch.randn(2, 8), packed, REDUCE_RANGE)
+        return True
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
+def _prepack(q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None):
+    # Quantized tensor factories warn that they are deprecated (pytorch#184982); the kernel they
+    # feed is still the fastest int8 CPU matmul torch ships, and fbgemm_available() falls back
+    # to the dequantizing path the day it goes away.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        qt = torch._make_per_channel_quantized_tensor(
+            q.contiguous(), scales.double(), torch.zeros(q.shape[0], dtype=torch.long), 0)
+        return torch.ops.quantized.linear_prepack(qt, None if bias is None else bias.float())
+
+
+class _QuantLinearBase(nn.Module):
+    """Shared runtime: a lazily built fbgemm pack (not part of the state dict), rebuilt when the
+    stored tensors are replaced (load_state_dict) or moved."""
+
+    in_features: int
+    out_features: int
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.compute_dtype = dtype  # activations / output dtype (fp32 on CPU)
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=dtype))
+        else:
+            self.bias = None
+        self._packed = None
+        self._packed_key: tuple | None = None
+        self.use_packed = True  # False forces the exact weight-only path (tests, debugging)
+        self._handle = _register(self)
+
+    def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(int8 [out, in], scales [out]) of the runtime form."""
+        raise NotImplementedError
+
+    def dequantize(self) -> torch.Tensor:
+        """The float weight [out, in] (compute dtype) this layer represents."""
+        raise NotImplementedError
+
+    def _key(self) -> tuple:
+        return tuple((t.data_ptr(), t._version) for t in self.buffers())
+
+    def packed(self):
+        key = self._key()
+        if self._packed is None or self._packed_key != key:
+            q, s = self.int8_weight()
+            self._packed = _prepack(q, s, self.bias)
+            self._packed_key = key
+        return self._packed
+
+    def _fast_ok(self, x: torch.Tensor) -> bool:
+        return (self.use_packed and x.device.type == "cpu" and x.dtype == torch.float32
+                and not (torch.is_grad_enabled() and x.requires_grad) and fbgemm_available())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fast_ok(x):
+            if torch.compiler.is_compiling():
+                return int8_packed_linear(x, self._handle, self.out_features)
+            return torch.ops.quantized.linear_dynamic(x, self.packed(), REDUCE_RANGE)
+        return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Int8Linear(_QuantLinearBase):
+    """Weight-only int8 linear, symmetric per output channel."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        super().__init__(in_features, out_features, bias, dtype)
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("scales", torch.ones(out_features, dtype=torch.float32, device=device))
+
+    @classmethod
+    def from_linear(cls, lin: nn.Module) -> Int8Linear:
+        w = lin.weight.detach()
+        m = cls(lin.in_features, lin.out_features, lin.bias is not None, torch.float32, "meta")
+        m.weight, m.scales = quantize_int8_per_channel(w)
+        if lin.bias is not None:
+            m.bias = lin.bias.detach().float().clone()
+        return m
+
+    def int8_weight(self):
+        return self.weight, self.scales
+
+    def dequantize(self) -> torch.Tensor:
+        return (self.weight.float() * self.scales[:, None]).to(self.compute_dtype)
+
+
+class Int4Linear(_QuantLinearBase):
+    """Weight-only int4 linear, asymmetric per group of `group_size` input columns."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, group_size: int = 64,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        super().__init__(in_features, out_features, bias, dtype)
+        if group_size not in INT4_GROUP_SIZES:
+            raise ValueError(f"group_size must be one of {INT4_GROUP_SIZES}, got {group_size}")
+        if in_features % group_size or in_features % 2:
+            raise ValueError(f"in_features {in_features} is not a multiple of group_size {group_size}")
+        self.group_size = group_size
+        G = in_features // group_size
+        self.register_buffer("weight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.ones(out_features, G, dtype=torch.float32, device=device))
+        self.register_buffer("mins", torch.zeros(out_features, G, dtype=torch.float32, device=device))
+
+    @classmethod
+    def from_linear(cls, lin: nn.Module, group_size: int = 64) -> Int4Linear:
+        m = cls(lin.in_features, lin.out_features, lin.bias is not None, group_size, torch.float32, "meta")
+        m.weight, m.scales, m.mins = quantize_int4_per_group(lin.weight.detach(), group_size)
+        if lin.bias is not None:
+            m.bias = lin.bias.detach().float().clone()
+        return m
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize_int4(self.weight, self.scales, self.mins).to(self.compute_dtype)
+
+    def int8_weight(self):
+        # Runtime form for the int8 kernel: the int4 weight re-expressed per channel in 8 bits.
+        return quantize_int8_per_channel(dequantize_int4(self.weight, self.scales, self.mins))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", group_size={self.group_size}"
+
+
+class Int8Embedding(nn.Module):
+    """Token embedding stored int8 per row (one scale per token): a lookup reads B*T rows and
+    scales them, so nothing is ever dequantized in full."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.compute_dtype = dtype
+        self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8, device=device))
+        self.register_buffer("scales", torch.ones(num_embeddings, dtype=torch.float32, device=device))
+
+    @classmethod
+    def from_embedding(cls, emb: nn.Embedding) -> Int8Embedding:
+        m = cls(emb.num_embeddings, emb.embedding_dim, torch.float32, "meta")
+        m.weight, m.scales = quantize_int8_per_channel(emb.weight.detach())
+        return m
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = F.embedding(ids, self.weight).to(self.compute_dtype)  # (B, T, C)
+        return rows * self.scales[ids].unsqueeze(-1).to(self.compute_dtype)
+
+    def dequantize(self) -> torch.Tensor:
+        return (self.weight.float() * self.scales[:, None]).to(self.compute_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8"
+
+
+# -- compile support -------------------------------------------------------------------------
+# fbgemm's packed weight is a TorchScript object dynamo cannot trace. Under torch.compile the
+# layer calls this opaque custom op with an integer handle instead (a constant in the graph), so
+# a whole decode step still compiles with fullgraph=True.
+
+_LAYERS: weakref.WeakValueDictionary[int, _QuantLinearBase] = weakref.WeakValueDictionary()
+
+
+def _register(layer: _QuantLinearBase) -> int:
+    key = id(layer)
+    _LAYERS[key] = layer
+    return key
+
+
+@torch.library.custom_op("swisslm::int8_packed_linear", mutates_args=())
+def int8_packed_linear(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    return torch.ops.quantized.linear_dynamic(x, _LAYERS[handle].packed(), REDUCE_RANGE)
+
+
+@int8_packed_linear.register_fake
+def _(x, handle, out_features):
+    return x.new_empty(*x.shape[:-1], out_features)
