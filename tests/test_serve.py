@@ -71,7 +71,7 @@ def tiny_lm(tokenizer, seed: int = 0, **cfg_kw):
     return model
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_smollm2_tokenizer(path: str):
     """Cached per process, so test_serve_*.py modules share one read of the GGUF vocabulary."""
     from swisslm.io.gguf import read_gguf_tokenizer
@@ -474,9 +474,8 @@ def test_embeddings_for_encoder_model(smollm2_tokenizer):
         assert [d.index for d in r.data] == [0, 1]
         for d, text in zip(r.data, texts):
             ids = smollm2_tokenizer.encode(text)
-            with torch.no_grad():
-                h = enc(torch.tensor([ids])).last_hidden_state[0].mean(0)
-            want = torch.nn.functional.normalize(h, dim=-1)
+            with torch.no_grad():  # a plain folder (no modules.json): mean pooling, not normalised
+                want = enc(torch.tensor([ids])).last_hidden_state[0].mean(0)
             torch.testing.assert_close(torch.tensor(d.embedding), want, atol=1e-5, rtol=1e-4)
         assert r.usage.prompt_tokens == sum(len(smollm2_tokenizer.encode(t)) for t in texts)
         b64 = client.embeddings.create(model="tiny-encoder", input="a short one", encoding_format="base64")
@@ -485,3 +484,24 @@ def test_embeddings_for_encoder_model(smollm2_tokenizer):
                                    torch.tensor(r.data[0].embedding))
         with pytest.raises(openai.BadRequestError):
             client.completions.create(model="tiny-encoder", prompt="x", max_tokens=2)
+
+
+def test_embeddings_minilm_match_transformers(minilm_path):
+    """The real all-MiniLM-L6-v2 through /v1/embeddings equals transformers' BertModel with
+    sentence-transformers' recipe (mean pooling + Normalize, from the folder's modules.json)."""
+    transformers = pytest.importorskip("transformers")
+    enc = swisslm.AutoModel.from_pretrained(minilm_path)
+    texts = ["A man is eating food.", "The new movie is awesome, I loved it!"]
+    hf = transformers.AutoModel.from_pretrained(minilm_path).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(minilm_path)
+    batch = hf_tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = hf(**batch).last_hidden_state
+    m = batch["attention_mask"][..., None].float()
+    want = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+    app = create_app(enc, "all-MiniLM-L6-v2")
+    with LiveServer(app) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=30)
+        r = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)
+    got = torch.tensor([d.embedding for d in r.data])
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)

@@ -208,6 +208,12 @@ class _Server:
         self.vocab_size = model.config.vocab_size
         self.created = _now()
         self._embed_lock = threading.Lock()
+        if engine is None:  # encoder: pooling and input limit from the folder (sentence-transformers files)
+            from ..mixins.pooling import PoolingConfig
+
+            self.pooling = PoolingConfig.from_folder(getattr(model, "source", None))
+            if self.pooling.max_seq_length:
+                self.context_len = min(self.context_len, self.pooling.max_seq_length)
         self.token_text: Callable[[int], str] = lru_cache(maxsize=1 << 16)(self._token_text)
 
     def _token_text(self, token_id: int) -> str:
@@ -376,20 +382,23 @@ class _Server:
 
     # -- embeddings -----------------------------------------------------------------------------
     def embed(self, batch: list[list[int]]) -> list[list[float]]:
-        """Mean-pool the last hidden states over real tokens, then L2-normalise (sentence-transformers'
-        recipe for MiniLM; OpenAI's embeddings are unit length too). Runs in a worker thread."""
+        """Sentence embeddings as `swisslm embed` and sentence-transformers compute them: the pooling
+        (mean or CLS) and normalisation the model folder declares (modules.json), over the real
+        tokens of a right-padded batch. Runs in a worker thread, one batch at a time."""
+        from ..mixins.pooling import cls_pool, mean_pool
+
         dev = next(self.model.parameters()).device
         T = max(len(x) for x in batch)
-        ids = torch.zeros(len(batch), T, dtype=torch.long, device=dev)
+        pad = self.model.config.pad_token_id or 0
+        ids = torch.full((len(batch), T), pad, dtype=torch.long, device=dev)
         mask = torch.zeros(len(batch), T, dtype=torch.long, device=dev)
         for i, x in enumerate(batch):
             ids[i, : len(x)] = torch.tensor(x)
             mask[i, : len(x)] = 1
         with self._embed_lock, torch.inference_mode():
-            h = self.model(ids, attention_mask=mask).last_hidden_state.float()  # (B, T, C)
-        m = mask.unsqueeze(-1).to(h.dtype)
-        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
-        return torch.nn.functional.normalize(pooled, dim=-1).tolist()
+            h = self.model(ids, attention_mask=mask).last_hidden_state  # (B, T, C)
+        pool = mean_pool if self.pooling.mode == "mean" else cls_pool
+        return pool(h, mask, self.pooling.normalize).tolist()
 
 
 async def _watch_disconnect(request: Request, seqs: list[Sequence]) -> None:

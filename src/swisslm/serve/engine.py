@@ -86,6 +86,12 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing that reshapes the logits: argmax of the raw logits."""
+        return (self.greedy and self.repetition_penalty == 1.0 and not self.presence_penalty
+                and not self.frequency_penalty and not self.logit_bias)
+
 
 @dataclass
 class TokenEvent:
@@ -356,10 +362,17 @@ class Engine:
     def _sample_and_emit(self, items: list[tuple[int, int, Sequence]], logits: torch.Tensor) -> None:
         """items: (index into logits, cache row, sequence)."""
         now = time.perf_counter()
-        for i, b, s in items:
+        # Plain greedy rows (the common serving case) share one argmax over the batch.
+        plain = [s.params.plain_greedy for _, _, s in items]
+        batch_argmax = logits.argmax(-1).tolist() if any(plain) else None
+        for (i, b, s), is_plain in zip(items, plain):
             row_logits = logits[i:i + 1]
-            tok = self._choose(s, row_logits)
-            token_id = int(tok)
+            if is_plain:
+                token_id = batch_argmax[i]
+                tok = torch.tensor([token_id], device=logits.device)
+            else:
+                tok = self._choose(s, row_logits)
+                token_id = int(tok)
             s.output_ids.append(token_id)
             ev = TokenEvent(token_id, "")
             if s.params.logprobs is not None:
