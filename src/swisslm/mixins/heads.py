@@ -75,6 +75,7 @@ class ClassificationHeadMixin(Mixin):
         self._frozen: list[nn.Parameter] = []
 
     def attach(self, model: nn.Module) -> None:
+        self.train(model.training)  # follow the model's mode (dropout off in eval)
         p = next(model.parameters())
         if p.is_floating_point():
             self.to(device=p.device, dtype=p.dtype)

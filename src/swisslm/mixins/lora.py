@@ -223,6 +223,18 @@ class LoRALinear(nn.Module):
         self.register_state_dict_post_hook(_strip_base_prefix)
         self.register_load_state_dict_pre_hook(_add_base_prefix)
 
+    def __getattr__(self, name: str) -> Any:
+        """Fall back to the base module (`weight`, `bias`, a quantized base's buffers): our
+        state-dict names are the base's, and code that walks them (torch.distributed.checkpoint's
+        fqn lookup, init passes) must find the tensors there."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            base = self._modules.get("base")
+            if base is None:
+                raise
+            return getattr(base, name)
+
     def reset_lora_parameters(self, init: str = "kaiming") -> None:
         with torch.no_grad():
             for a in self.lora_a.split(self.r):
@@ -414,6 +426,7 @@ class LoRAMixin(Mixin):
 
     # -- install / remove ----------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
+        self.train(model.training)
         chosen: list[tuple[Site, list[Slice]]] = []
         available: set[str] = set()
         for site in find_sites(model):
@@ -445,6 +458,7 @@ class LoRAMixin(Mixin):
             if getattr(moe, f"lora_{site.param}") is not None:
                 raise ValueError(f"{site.module}.{site.param} already has a LoRA adapter")
             ad = ExpertLoRA(getattr(moe, site.param), self.r, self.scaling)
+            ad.train(moe.training)
             if self.init != "kaiming":
                 ad.reset_lora_parameters(self.init)
             setattr(moe, f"lora_{site.param}", ad)
@@ -456,6 +470,7 @@ class LoRAMixin(Mixin):
         if isinstance(original, LoRALinear):
             raise ValueError(f"{site.module} already has a LoRA adapter (one LoRA mixin at a time)")
         ad = LoRALinear(original, slices, self.r, self.scaling, self.dropout_p)
+        ad.train(original.training)  # a model in eval mode must not get adapters with live dropout
         if self.init != "kaiming":
             ad.reset_lora_parameters(self.init)
         setattr(parent, attr, ad)

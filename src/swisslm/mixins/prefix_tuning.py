@@ -42,6 +42,7 @@ class PrefixTuningMixin(Mixin):
         return cls(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, prefix_len, **kw)
 
     def attach(self, model: nn.Module) -> None:
+        self.train(model.training)  # follow the model's mode (dropout off in eval)
         p = next(model.parameters())
         if p.is_floating_point() and (self.prefix_k.device != p.device or self.prefix_k.dtype != p.dtype):
             self.to(device=p.device, dtype=p.dtype)

@@ -1,0 +1,213 @@
+# SPDX-License-Identifier: Apache-2.0
+"""SFT data: JSONL rows -> (input_ids, labels) -> padded, resumable micro-batches.
+
+A row is either `{"text": ...}` (any column, `text_column`): every token is trained, EOS appended
+as TRL's SFTTrainer does; or `{"messages": [{"role", "content"}, ...]}`: the model's chat template
+renders the conversation and only assistant turns carry a loss (TRL's `assistant_only_loss`).
+
+Assistant spans come from rendering the conversation incrementally: the text of messages[:i]
+with the generation prompt ends where assistant turn i starts, the text of messages[:i+1] ends
+where it stops. The whole conversation is then tokenized once and a token is trained when its
+first character lies inside an assistant span -- character offsets, so BPE merges across a
+boundary cannot shift the mask. Templates that rewrite earlier turns (so a prefix is not a
+prefix) are reported, not silently mis-masked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+
+
+class DataError(ValueError):
+    """A data file or row that cannot be used (message names the file and line)."""
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such file")
+    rows = []
+    with open(p, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}:{n}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{p}:{n}: expected a JSON object per line")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{p}: no rows")
+    return rows
+
+
+def _render(tok: Any, messages: Sequence[Mapping[str, Any]], gen: bool, template: str | None) -> str:
+    return tok.apply_chat_template(list(messages), add_generation_prompt=gen, tokenize=False,
+                                   chat_template=template)
+
+
+def assistant_spans(tok: Any, messages: Sequence[Mapping[str, Any]], template: str | None = None,
+                    ) -> tuple[str, list[tuple[int, int]]]:
+    """(rendered conversation, [(start, end) character span of each assistant turn])."""
+    for m in messages:
+        if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
+            raise DataError(f"chat messages need 'role' and 'content', got {m!r}")
+    full = _render(tok, messages, False, template)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        try:
+            prefix = _render(tok, messages[:i], True, template) if i else ""
+        except Exception:  # some templates reject an empty or system-only conversation
+            prefix = ""
+        upto = _render(tok, messages[: i + 1], False, template)
+        if not (full.startswith(upto) and upto.startswith(prefix)):
+            raise DataError("the chat template does not render conversations incrementally (an earlier turn "
+                            "changes when later turns are added), so assistant tokens cannot be located")
+        spans.append((len(prefix), len(upto)))
+    return full, spans
+
+
+def encode_chat(tok: Any, messages: Sequence[Mapping[str, Any]], template: str | None = None,
+                ) -> tuple[list[int], list[int]]:
+    """input_ids and labels (-100 outside assistant turns) of a templated conversation."""
+    text, spans = assistant_spans(tok, messages, template)
+    enc = tok.backend.encode(text, add_special_tokens=False)
+    ids = list(enc.ids)
+    labels = [IGNORE] * len(ids)
+    for j, (start, end) in enumerate(enc.offsets):
+        if end > start and any(s <= start < e for s, e in spans):
+            labels[j] = ids[j]
+    return ids, labels
+
+
+def encode_text(tok: Any, text: str, add_eos: bool = True) -> tuple[list[int], list[int]]:
+    ids = list(tok.encode(text, add_special_tokens=True))
+    eos = tok.eos_token_id
+    if add_eos and eos is not None and (not ids or ids[-1] != eos):
+        ids.append(eos)
+    return ids, list(ids)
+
+
+def encode_row(tok: Any, row: Mapping[str, Any], text_column: str = "text", template: str | None = None,
+               ) -> tuple[list[int], list[int]]:
+    if "messages" in row and text_column not in row:
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise DataError("'messages' must be a non-empty list")
+        return encode_chat(tok, msgs, template)
+    if text_column not in row:
+        raise DataError(f"row has neither {text_column!r} nor 'messages' (keys: {sorted(row)})")
+    text = row[text_column]
+    if not isinstance(text, str):
+        raise DataError(f"column {text_column!r} must be a string")
+    return encode_text(tok, text)
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def load_sft_examples(path: str | Path, tok: Any, block_size: int, text_column: str = "text",
+                      template: str | None = None) -> list[Example]:
+    """Read and tokenize a JSONL file; rows are truncated to `block_size` tokens. Rows left without
+    any trained token (e.g. an assistant turn cut off by truncation) are dropped, with a warning."""
+    rows = read_jsonl(path)
+    out, dropped = [], 0
+    for n, row in enumerate(rows, 1):
+        try:
+            ids, labels = encode_row(tok, row, text_column, template)
+        except DataError as e:
+            raise DataError(f"{path}: row {n}: {e}") from None
+        ids, labels = ids[:block_size], labels[:block_size]
+        if sum(1 for x in labels[1:] if x != IGNORE) == 0:
+            dropped += 1
+            continue
+        out.append(Example(ids, labels))
+    if dropped:
+        log.warning("%s: %d row(s) have no trained token after truncation to %d and were dropped",
+                    path, dropped, block_size)
+    if not out:
+        raise DataError(f"{path}: no usable rows (block size {block_size})")
+    return out
+
+
+class SFTBatches:
+    """Shuffled, right-padded micro-batches over epochs; resumable (`state_dict()` is the epoch
+    and the position in it, the order a pure function of (seed, epoch)).
+
+    Yields {"input_ids", "labels"} and, when a batch has padding, "attention_mask" (a batch
+    without padding leaves it out so attention runs the plain causal kernel).
+    """
+
+    def __init__(self, examples: Sequence[Example], batch_size: int, pad_id: int, seed: int = 0,
+                 shuffle: bool = True) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.examples, self.batch_size, self.pad_id = list(examples), batch_size, pad_id
+        self.seed, self.shuffle = seed, shuffle
+        self.epoch, self.index = 0, 0  # index = micro-batches already yielded in this epoch
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.examples) / self.batch_size)
+
+    def _order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(len(self.examples)))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(len(self.examples), generator=g).tolist()
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            order = self._order(self.epoch)
+            while self.index < self.batches_per_epoch:
+                i = self.index * self.batch_size
+                batch = collate([self.examples[j] for j in order[i : i + self.batch_size]], self.pad_id)
+                self.index += 1
+                yield batch
+            self.epoch, self.index = self.epoch + 1, 0
+
+    def one_epoch(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Every example once, in file order (for evaluation)."""
+        for i in range(0, len(self.examples), self.batch_size):
+            yield collate(self.examples[i : i + self.batch_size], self.pad_id)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index, "seed": self.seed}
+
+    def load_state_dict(self, st: Mapping[str, int]) -> None:
+        self.epoch, self.index = int(st["epoch"]), int(st["index"])
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    T = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), T), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), T), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    out = {"input_ids": ids, "labels": labels}
+    if not bool(mask.all()):
+        out["attention_mask"] = mask
+    return out

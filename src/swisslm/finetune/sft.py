@@ -1,0 +1,208 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Supervised fine-tuning (full or LoRA / QLoRA) on the training loop of swisslm.train.
+
+What `swisslm finetune` runs, with autotrain `llm`'s options and defaults (lr 3e-5, batch 2,
+gradient accumulation 4, LoRA r 16 / alpha 32 / dropout 0.05 on all linears, linear schedule
+with 10% warmup, AdamW betas (0.9, 0.999) as HF's adamw_torch). The output folder holds, like
+autotrain's project folder: the adapter in PEFT format (or the full model as an HF folder),
+`metrics.csv`, `checkpoints/step-*/` (resumable with `resume=True`) and, with `merge_adapter`,
+the merged HF model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..mixins.lora import LoRAMixin, trainable_parameters
+from .data import SFTBatches, load_sft_examples
+
+log = logging.getLogger(__name__)
+
+SCHEDULERS = ("linear", "cosine", "constant")
+
+
+@dataclass
+class SFTConfig:
+    data: str
+    model: str | None = None  # HF folder / .gguf; None = the embedded SmolLM2-135M-Instruct
+    output: str = "swisslm-finetune"
+    valid_data: str | None = None
+    text_column: str = "text"
+    chat_template: str | None = None  # a jinja template overriding the tokenizer's
+    lr: float = 3e-5
+    epochs: int = 1
+    max_steps: int = 0  # > 0 overrides epochs
+    batch_size: int = 2
+    gradient_accumulation: int = 4
+    block_size: int = 1024
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    scheduler: str = "linear"
+    seed: int = 42
+    peft: bool = False
+    lora_r: int = 16
+    lora_alpha: float = 32
+    lora_dropout: float = 0.05
+    target_modules: str = "all-linear"
+    use_rslora: bool = False
+    merge_adapter: bool = False
+    quantization: str | None = None  # "int8" | "int4": frozen quantized base, float adapters
+    mixed_precision: str | None = None  # "bf16" autocast
+    dtype: str = "float32"
+    device: str = "cpu"
+    logging_steps: int = 10
+    eval_steps: int = 0  # 0 = evaluate at the end only
+    save_steps: int = 0  # 0 = checkpoint at the end only
+    save_total_limit: int = 2
+    resume: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        def pos(name: str) -> None:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+
+        for name in ("lr", "epochs", "batch_size", "gradient_accumulation", "block_size", "lora_r"):
+            pos(name)
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"--scheduler must be one of {list(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.quantization not in (None, "int8", "int4"):
+            raise ValueError(f"--quantization must be int8 or int4, got {self.quantization!r}")
+        if self.quantization and not self.peft:
+            raise ValueError("--quantization trains adapters on a frozen quantized base: it needs --peft")
+        if self.merge_adapter and not self.peft:
+            raise ValueError("--merge-adapter needs --peft")
+        if self.mixed_precision not in (None, "none", "bf16"):
+            raise ValueError(f"--mixed-precision must be bf16 or none, got {self.mixed_precision!r}")
+
+
+def parse_target_modules(spec: str) -> str | list[str]:
+    """autotrain's --target-modules: "all-linear" or a comma-separated list of HF names."""
+    spec = spec.strip()
+    if spec in ("all-linear", "all_linear"):
+        return "all-linear"
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise ValueError("--target-modules is empty")
+    return names
+
+
+def make_sft_schedule(name: str, lr: float, warmup: int, total: int):
+    from ..train import make_schedule
+
+    if name == "linear":  # HF's get_linear_schedule_with_warmup
+        return make_schedule("wsd", lr=lr, warmup_steps=warmup, total_steps=total,
+                             decay_steps=max(total - warmup, 0), decay_style="linear")
+    if name == "cosine":
+        return make_schedule("cosine", lr=lr, warmup_steps=warmup, total_steps=total)
+    return make_schedule("linear_warmup", lr=lr, warmup_steps=warmup)
+
+
+def prepare_model(cfg: SFTConfig, model: Any) -> LoRAMixin | None:
+    """Quantize (QLoRA) and install LoRA, or unfreeze everything for a full fine-tune."""
+    if cfg.quantization:
+        try:
+            from ..quant import quantize_
+        except ImportError as e:
+            raise ValueError(f"--quantization {cfg.quantization}: swisslm.quant is not available ({e})") from None
+        quantize_(model, cfg.quantization)
+    if not cfg.peft:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return None
+    lora = LoRAMixin(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                     target_modules=parse_target_modules(cfg.target_modules), use_rslora=cfg.use_rslora)
+    model.add_mixin("lora", lora)
+    return lora
+
+
+def run_sft(cfg: SFTConfig, model: Any = None) -> dict[str, Any]:
+    """Fine-tune; returns a summary (parameter counts, steps, losses, tokens/s, output paths)."""
+    from .. import AutoModel
+    from ..train import CheckpointManager, Trainer, TrainerConfig
+    from ..train.metrics import default_loggers
+    from ..train.optim import build_adamw, param_groups
+    from .peft_format import save_adapter
+
+    cfg.validate()
+    out = Path(cfg.output)
+    torch.manual_seed(cfg.seed)
+    if model is None:
+        model = AutoModel.from_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    tok = model.tokenizer
+    if tok is None:
+        raise ValueError(f"{model.source}: the checkpoint has no tokenizer; SFT needs one")
+    template = Path(cfg.chat_template).read_text() if cfg.chat_template else None
+    train = load_sft_examples(cfg.data, tok, cfg.block_size, cfg.text_column, template)
+    valid = load_sft_examples(cfg.valid_data, tok, cfg.block_size, cfg.text_column, template) \
+        if cfg.valid_data else None
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    batches = SFTBatches(train, cfg.batch_size, pad, seed=cfg.seed)
+    steps = cfg.max_steps or math.ceil(cfg.epochs * batches.batches_per_epoch / cfg.gradient_accumulation)
+    warmup = math.ceil(cfg.warmup_ratio * steps)
+
+    lora = prepare_model(cfg, model)
+    trainable, total = trainable_parameters(model)
+    log.info("trainable parameters: %s / %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    opt = build_adamw(param_groups(model, weight_decay=cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    sched = make_sft_schedule(cfg.scheduler, cfg.lr, warmup, steps)
+    eval_fn = (lambda: SFTBatches(valid, cfg.batch_size, pad, shuffle=False).one_epoch()) if valid else None
+    tcfg = TrainerConfig(
+        max_steps=steps, grad_accum=cfg.gradient_accumulation,
+        precision="bf16" if cfg.mixed_precision == "bf16" else "fp32",
+        grad_clip=cfg.max_grad_norm if cfg.max_grad_norm > 0 else None, log_every=cfg.logging_steps,
+        eval_every=cfg.eval_steps, eval_batches=(math.ceil(len(valid) / cfg.batch_size) if valid else 0),
+        checkpoint_every=cfg.save_steps, progress=cfg.progress,
+        extra={"sft_config": asdict(cfg)},
+    )
+    ckpts = CheckpointManager(out / "checkpoints", keep_last=cfg.save_total_limit)
+    resumed_at = None
+    if cfg.resume:
+        latest = ckpts.latest()
+        if latest is None:
+            raise ValueError(f"--resume: no checkpoint under {out / 'checkpoints'}")
+        resumed_at = int(latest.name.split("-")[1])
+    trainer = Trainer(model, opt, sched, tcfg, checkpoints=ckpts,
+                      loggers=default_loggers(out, resume_step=resumed_at, tensorboard=False),
+                      eval_iter_fn=eval_fn)
+    if cfg.resume:
+        trainer.resume_latest(batches)
+    history: list[dict[str, float]] = []
+    trainer.callbacks.append(lambda _t, m: history.append(dict(m)))
+    t0, tokens0 = time.perf_counter(), trainer.state.tokens_seen
+    trainer.fit(batches)
+    elapsed = time.perf_counter() - t0
+    summary: dict[str, Any] = {
+        "trainable_parameters": trainable, "total_parameters": total, "steps": trainer.state.step,
+        "tokens_seen": trainer.state.tokens_seen, "first_loss": history[0]["loss"] if history else None,
+        "final_loss": history[-1]["loss"] if history else None, "seconds": elapsed,
+        "tokens_per_s": (trainer.state.tokens_seen - tokens0) / max(elapsed, 1e-9), "resumed_at": resumed_at,
+    }
+    if valid:
+        summary.update(trainer.evaluate())
+    out.mkdir(parents=True, exist_ok=True)
+    if lora is not None:
+        save_adapter(model, out, base_model_name_or_path=getattr(model, "source", None))
+        summary["adapter"] = str(out)
+        if cfg.merge_adapter:
+            from .merge import merge_adapter_folder
+
+            summary["merged"] = str(merge_adapter_folder(cfg.model, out, out / "merged", dtype=cfg.dtype))
+    else:
+        model.save_pretrained(out)
+        summary["model"] = str(out)
+    (out / "finetune_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
