@@ -42,7 +42,7 @@ def free_port() -> int:
 
 
 def start_server(args: argparse.Namespace, max_batch: int, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "swisslm", "serve", "--host", "127.0.0.1", "--port", str(port),
+    cmd = [sys.executable, "-m", "swisslm.cli.serve", "--host", "127.0.0.1", "--port", str(port),
            "--max-batch", str(max_batch), "--max-model-len", str(args.max_model_len), "--log-level", "warning",
            "--served-model-name", "bench", "--max-queue", str(max(256, 2 * args.clients))]
     if args.model:

@@ -173,3 +173,52 @@ def test_served_name_is_never_a_path():
     assert served_name("/models/SmolLM2-135M-Instruct.Q4_1.gguf") == "SmolLM2-135M-Instruct.Q4_1"
     assert served_name("/some/dir/my-model/") == "my-model"
     assert served_name(None) == "SmolLM2-135M-Instruct"
+
+
+def test_cli_serve_end_to_end(tok, tmp_path):
+    """`swisslm serve` as a user runs it: binds 127.0.0.1 by default, takes the key from
+    SWISSLM_API_KEY, serves the folder under its own name, and exits cleanly on SIGTERM."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    httpx = pytest.importorskip("httpx")
+    psutil = pytest.importorskip("psutil")
+    folder = tmp_path / "my-tiny-model"
+    tiny_lm(tok).save_pretrained(folder)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "SWISSLM_API_KEY": "env-key"}
+    proc = subprocess.Popen([sys.executable, "-m", "swisslm", "serve", "--model", str(folder), "--port", str(port),
+                             "--max-batch", "2", "--max-model-len", "128", "--threads", "1", "--log-level", "warning"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "server did not come up"
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        listening = [c.laddr for c in psutil.Process(proc.pid).net_connections() if c.status == "LISTEN"]
+        assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
+        assert httpx.get(url + "/v1/models", timeout=10).status_code == 401
+        auth = {"Authorization": "Bearer env-key"}
+        assert httpx.get(url + "/v1/models", headers=auth, timeout=10).json()["data"][0]["id"] == "my-tiny-model"
+        r = httpx.post(url + "/v1/completions", headers=auth, timeout=30,
+                       json={"model": "my-tiny-model", "prompt": "hi", "max_tokens": 3, "temperature": 0})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert rc == 0

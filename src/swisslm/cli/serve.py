@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 from .common import UsageError, add_model_args, check_positive, load_model_from_args, require_tokenizer
@@ -72,3 +73,24 @@ def run(args: argparse.Namespace) -> int:
     finally:
         app.state.shutdown()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m swisslm.cli.serve ...`: the serve command alone (for process managers and the
+    load benchmark); user mistakes exit 2 with one line, as under `swisslm serve`."""
+    from . import USER_ERRORS, _Parser
+
+    parser = _Parser(prog="swisslm", description="serve the OpenAI-compatible and HF inference APIs")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    register(sub)
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (*USER_ERRORS, ValueError) as e:
+        sys.stderr.write(f"swisslm serve: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
