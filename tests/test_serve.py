@@ -426,6 +426,17 @@ def test_full_queue_answers_429(reference):
                 assert r.status_code == 429
                 assert r.json()["error"]["type"] == "rate_limit_error"
         assert "swisslm_queue_rejections_total 1.0" in http.get(srv.url + "/metrics").text
+        # A non-streaming client that gives up (read timeout) frees its row too.
+        deadline = time.monotonic() + 10
+        while (engine.num_running or engine.num_waiting) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            http.post(srv.url + "/v1/completions", json={**body, "stream": False}, timeout=0.5)
+        while engine.num_running and time.monotonic() < t0 + 10:
+            time.sleep(0.01)
+        assert engine.num_running == 0 and engine.num_waiting == 0
+        assert time.monotonic() - t0 < 3.0  # 200 tokens at >= 20 ms each would need >= 4 s
 
 
 def test_api_key_required(reference):
