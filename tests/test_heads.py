@@ -1,0 +1,99 @@
+# SPDX-License-Identifier: Apache-2.0
+"""ClassificationHeadMixin: pooling is padding-safe, the head trains a tiny frozen model to lower
+loss and high accuracy through the shared Trainer, and `swisslm classify` reports accuracy."""
+
+import json
+
+import pytest
+import torch
+
+import swisslm
+from swisslm import ModelConfig
+from swisslm.mixins import ClassificationHeadMixin
+from swisslm.mixins.heads import pool
+
+
+def tiny(**kw):
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      intermediate_size=48, **kw)
+    return swisslm.AutoModel.from_config(cfg, seed=0).eval()
+
+
+def test_pooling_left_and_right_padding():
+    h = torch.arange(2 * 4 * 3, dtype=torch.float).view(2, 4, 3)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    torch.testing.assert_close(pool(h, right, "last"), torch.stack([h[0, 1], h[1, 3]]))
+    torch.testing.assert_close(pool(h, left, "last"), torch.stack([h[0, 3], h[1, 3]]))
+    torch.testing.assert_close(pool(h, left, "first"), torch.stack([h[0, 2], h[1, 0]]))
+    torch.testing.assert_close(pool(h, right, "mean"), torch.stack([h[0, :2].mean(0), h[1].mean(0)]))
+
+
+def test_head_on_padded_batch_equals_single_rows_and_replaces_lm_head():
+    model = tiny()
+    head = ClassificationHeadMixin(32, num_labels=3, pooling="last")
+    model.add_mixin("cls", head)
+    assert model.slot_providers()["output_head"] == ["cls"]
+    a, b = torch.randint(0, 64, (1, 5)), torch.randint(0, 64, (1, 8))
+    batch = torch.zeros(2, 8, dtype=torch.long)
+    batch[0, :5], batch[1] = a[0], b[0]
+    mask = (torch.arange(8) < torch.tensor([[5], [8]])).long()
+    with torch.no_grad():
+        both = head.classify(model, batch, mask)
+        torch.testing.assert_close(both[0], head.classify(model, a)[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(both[1], head.classify(model, b)[0], atol=1e-5, rtol=1e-5)
+        assert model(b).logits.shape == (1, 8, 3)  # the slot: per-position class scores, no vocab projection
+
+
+def _parity_rows(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        ids = torch.randint(0, 64, (int(torch.randint(4, 10, (1,), generator=g)),), generator=g)
+        rows.append((ids.tolist(), int(ids[-1]) % 2))  # label: parity of the last token
+    return rows
+
+
+def test_head_trains_frozen_tiny_model_through_trainer():
+    from swisslm.finetune.classify import ClassificationBatches, ClassifierAsLM, accuracy
+    from swisslm.train import Trainer, TrainerConfig, make_schedule
+
+    torch.manual_seed(0)
+    model = tiny()
+    head = ClassificationHeadMixin(32, num_labels=2, hidden_sizes=(64,), dropout=0.0, pooling="last")
+    model.add_mixin("cls", head)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, _ in model.named_parameters() if n.startswith("mixins.cls.")}
+    rows = _parity_rows(64, 0)
+    batches = ClassificationBatches([r[0] for r in rows], [r[1] for r in rows], 16, pad_id=0)
+    wrapper = ClassifierAsLM(model, head)
+    before = accuracy(wrapper, batches)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-2)
+    history = []
+    trainer = Trainer(wrapper, opt, make_schedule("constant", lr=1e-2), TrainerConfig(max_steps=60, progress=False),
+                      callbacks=[lambda _t, m: history.append(m["loss"])])
+    trainer.fit(batches)
+    assert history[-1] < history[0] - 0.2
+    acc = accuracy(wrapper, batches)
+    assert acc >= 0.9 and acc > before, (before, acc)
+
+
+@pytest.mark.slow
+def test_classify_cli_on_minilm_reports_accuracy(minilm_path, tmp_path):
+    from swisslm.cli import main
+
+    pos = ["a wonderful, delightful film", "great acting and a moving story", "I loved every minute",
+           "brilliant and joyful", "a superb, heartwarming experience", "excellent, I would watch it again"]
+    neg = ["a dull, tedious film", "terrible acting and a boring story", "I hated every minute",
+           "awful and depressing", "a dreadful, painful experience", "bad, I want my money back"]
+    rows = [{"text": t, "label": "pos"} for t in pos] + [{"text": t, "label": "neg"} for t in neg]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert main(["classify", "--model", str(minilm_path), "--data", str(data), "--valid-data", str(data),
+                 "--epochs", "15", "--batch-size", "4", "--lr", "3e-3", "--output", str(out),
+                 "--no-progress"]) == 0
+    s = json.loads((out / "classify_summary.json").read_text())
+    assert s["labels"] == ["neg", "pos"] and s["pooling"] == "mean"
+    assert s["accuracy"] >= 0.9 and s["final_loss"] < s["first_loss"]
+    assert (out / "classifier_head.safetensors").is_file()
