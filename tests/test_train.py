@@ -26,8 +26,8 @@ def test_loss_decreases_on_generated_corpus(tmp_path):
     tok = make_tokenizer(tmp_path / "tok", corpus)
     prepare_data([corpus], tmp_path / "data", str(tok), split_lines=True, workers=1, progress=False)
     cfg = tiny_train_config(tmp_path / "run", tmp_path / "data", training={"max_steps": 40},
-                            model={"config": {}}, data={"seq_len": 32},
-                            checkpoint={"export_hf": True}, optimizer={"lr": 1e-2})
+                            model={"config": {}}, data={"seq_len": 32, "eval_path": str(tmp_path / "data")},
+                            checkpoint={"export_hf": True}, optimizer={"lr": 1e-2}, eval={"every": 20})
     assert cli_main(["train", str(write_yaml(tmp_path / "cfg.yaml", cfg))]) == 0
     rows = read_metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == list(range(1, 41))
@@ -36,6 +36,8 @@ def test_loss_decreases_on_generated_corpus(tmp_path):
     assert last < first - 2.0, (first, last)
     assert all(k in rows[-1] for k in ("lr", "grad_norm", "tokens_per_s", "mfu", "tokens"))
     assert rows[-1]["tokens"] == 40 * 4 * 32
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    assert [s for s, _ in evals] == [20, 40] and evals[1][1] < evals[0][1] < first
     # the exported HF folder loads in swisslm (and carries the data's tokenizer)
     m = AutoModel.from_pretrained(tmp_path / "run" / "hf")
     assert m.tokenizer is not None and m.config.eos_token_id == m.tokenizer.eos_token_id

@@ -91,6 +91,10 @@ def swisslm_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "swisslm", *args]
 
 
-def run_swisslm(*args: str, check: bool = True, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess:
-    return subprocess.run(swisslm_cmd(*args), env=subprocess_env(), capture_output=True, text=True,
-                          timeout=timeout, check=check, **kw)
+def run_swisslm(*args: str, check: bool = True, timeout: float = 300, env_extra: dict[str, str] | None = None,
+                **kw: Any) -> subprocess.CompletedProcess:
+    env = {**subprocess_env(), **(env_extra or {})}
+    r = subprocess.run(swisslm_cmd(*args), env=env, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"swisslm {' '.join(args)} exited {r.returncode}:\n{r.stderr[-3000:]}")
+    return r

@@ -79,16 +79,18 @@ def build_model(cfg: TrainConfig, meta: dict[str, Any], device: str) -> torch.nn
 
 def run_training(cfg: TrainConfig, resume: bool | str = False) -> TrainState:
     t = cfg.training
-    if t.threads:
-        torch.set_num_threads(t.threads)
     if t.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"training.device={t.device!r}: CUDA is not available on this machine")
+    threads = torch.get_num_threads()
+    if t.threads:
+        torch.set_num_threads(t.threads)
     rank, world, local = init_distributed(t.device)
     device = f"cuda:{local}" if t.device == "cuda" else t.device
     try:
         return _run(cfg, resume, rank, world, device)
     finally:
         destroy_distributed()
+        torch.set_num_threads(threads)  # callers in the same process (tests, notebooks) keep theirs
 
 
 def _run(cfg: TrainConfig, resume: bool | str, rank: int, world: int, device: str) -> TrainState:
