@@ -184,3 +184,21 @@ def test_bf16_and_activation_checkpointing_match_fp32_path(tmp_path):
     run_training(parse_train_config(bf))
     lc = [r["loss"] for r in read_metrics(tmp_path / "c")]
     assert lc == pytest.approx(la, abs=0.05) and lc != la
+
+
+def test_continue_from_hf_folder(tmp_path):
+    data = synthetic_tokens(tmp_path / "d")
+    run_training(parse_train_config(tiny_train_config(tmp_path / "a", data, training={"max_steps": 12},
+                                                      checkpoint={"export_hf": True}, optimizer={"lr": 1e-2})))
+    scratch = read_metrics(tmp_path / "a")
+    cont = tiny_train_config(tmp_path / "b", data, training={"max_steps": 2},
+                             model={"from_pretrained": str(tmp_path / "a" / "hf"), "config": {}})
+    run_training(parse_train_config(cont))
+    again = read_metrics(tmp_path / "b")
+    # starts where the first run ended, not from a random init
+    assert again[0]["loss"] < scratch[0]["loss"] - 0.5
+    assert again[0]["loss"] == pytest.approx(scratch[-1]["loss"], abs=0.5)
+    bad = tiny_train_config(tmp_path / "c", data, model={"from_pretrained": str(tmp_path / "a" / "hf"),
+                                                         "config": {"num_layers": 3}})
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        run_training(parse_train_config(bad))
