@@ -161,3 +161,43 @@ def test_lora_trains_and_compiles_with_prefix_conflict_free():
     assert losses[-1] < losses[0] - 0.1
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in base.items())
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_qlora_frozen_quantized_base_float_adapters(scheme):
+    """QLoRA: LoRA wraps quantize_'s linears; adapters are float and train, the int base does not;
+    merge dequantizes the adapted linears into float nn.Linear with W + s B A."""
+    from swisslm.quant import quantize_
+
+    cfg = ModelConfig(vocab_size=64, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                      intermediate_size=128)
+    model = swisslm.AutoModel.from_config(cfg, seed=0)
+    quantize_(model, scheme, embeddings=False, head=False)
+    lora = LoRAMixin(r=4, alpha=8, target_modules="all-linear")
+    model.add_mixin("lora", lora)
+    qkv = model.layers[0].attn.qkv
+    assert isinstance(qkv, LoRALinear) and type(qkv.base).__name__ == ("Int8Linear" if scheme == "int8"
+                                                                       else "Int4Linear")
+    assert qkv.lora_a.dtype == torch.float32
+    model.train()
+    opt = torch.optim.AdamW(lora.adapter_parameters(), lr=1e-2)
+    ids = torch.randint(0, 64, (4, 12))
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if "lora" not in k}
+    losses = []
+    for _ in range(10):
+        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1]).logits.reshape(-1, 64), ids[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in frozen.items())
+    model.eval()
+    for m in model.modules():  # the exact weight-only path (fbgemm's also quantizes activations)
+        if hasattr(m, "use_packed"):
+            m.use_packed = False
+    with torch.no_grad():
+        adapted = model(ids).logits
+        merge_lora(model)
+        assert type(model.layers[0].attn.qkv) is torch.nn.Linear
+        torch.testing.assert_close(model(ids).logits, adapted, atol=1e-4, rtol=1e-4)
