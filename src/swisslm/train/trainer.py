@@ -90,10 +90,13 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of next-token cross-entropies (labels shifted here, -100 ignored) and the token count."""
-    shift_logits = logits[:, :-1].reshape(-1, logits.size(-1)).float()  # (B*(T-1), V)
-    shift_labels = labels[:, 1:].reshape(-1)
-    loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+    """Sum of next-token cross-entropies (labels shifted here, -100 ignored) and the token count.
+
+    The labels are shifted (padded with -100 at the end) rather than the logits sliced: the
+    logits are the largest tensor of the step and a sliced view would be copied by reshape."""
+    shift_labels = F.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1)  # (B*T,)
+    flat = logits.reshape(-1, logits.size(-1))  # (B*T, V), a view
+    loss = F.cross_entropy(flat.float(), shift_labels, ignore_index=-100, reduction="sum")
     return loss, (shift_labels != -100).sum()
 
 
