@@ -81,6 +81,15 @@ def test_existing_run_needs_resume(tmp_path, capsys):
     assert "pass --resume" in capsys.readouterr().err
     assert cli_main(["train", str(path), "--resume", "--set", "training.max_steps=3"]) == 0
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3]
+    # export a checkpoint as an HF folder without training; weights are the checkpoint's
+    assert cli_main(["train", str(path), "--export-hf", str(tmp_path / "hf"),
+                     "--resume", str(tmp_path / "run" / "checkpoints" / "step-00000002")]) == 0
+    from safetensors.torch import load_file
+
+    exported = AutoModel.from_pretrained(tmp_path / "hf")
+    saved = load_file(tmp_path / "run" / "checkpoints" / "step-00000002" / "model.safetensors")
+    for name, t in exported.state_dict().items():
+        assert torch.equal(t, saved[name]), name
 
 
 def test_mup_width_transfer_settings(tmp_path):

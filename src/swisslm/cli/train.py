@@ -19,6 +19,8 @@ def register(sub) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                    help="continue from the latest checkpoint in run_dir (or from CKPT)")
     p.add_argument("--print-config", action="store_true", help="print the validated config and exit")
+    p.add_argument("--export-hf", metavar="OUT", default=None,
+                   help="do not train: write the run's latest checkpoint (or --resume CKPT) as an HF folder")
     p.set_defaults(func=run)
 
 
@@ -32,6 +34,12 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
         return 0
     logging.getLogger("swisslm.train").setLevel(logging.INFO)
+    if args.export_hf:
+        from ..train.run import export_checkpoint
+
+        ckpt = args.resume if isinstance(args.resume, str) else None
+        print(export_checkpoint(cfg, args.export_hf, ckpt))
+        return 0
     from ..train.run import run_training
 
     run_training(cfg, resume=args.resume)

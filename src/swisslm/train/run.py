@@ -176,6 +176,19 @@ def _run(cfg: TrainConfig, resume: bool | str, rank: int, world: int, device: st
     return state
 
 
+def export_checkpoint(cfg: TrainConfig, out: str | Path, checkpoint: str | Path | None = None) -> Path:
+    """Write the run's latest checkpoint (or `checkpoint`) as an HF folder, without training."""
+    ds = TokenDataset.open(cfg.data.path)
+    ckpts = CheckpointManager(Path(cfg.run_dir) / "checkpoints")
+    path = Path(checkpoint) if checkpoint else ckpts.latest()
+    if path is None:
+        raise ConfigError(f"{ckpts.folder}: no checkpoint to export")
+    model = build_model(cfg, ds.meta, "cpu")
+    ckpts.load(path, model, None, restore_rng=False)
+    export_hf(cfg, model, ds.meta, Path(out), 0)
+    return Path(out)
+
+
 def export_hf(cfg: TrainConfig, model: torch.nn.Module, meta: dict[str, Any], out: Path, rank: int) -> None:
     """Write an HF folder (gathers FSDP shards first); the data's tokenizer is saved with it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

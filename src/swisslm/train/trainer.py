@@ -305,7 +305,12 @@ class Trainer:
                     cb(self, metrics)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+                    post = {"loss": f"{metrics['loss']:.4f}"}
+                    if "tokens_per_s" in metrics:
+                        self._last_tps = f"{metrics['tokens_per_s']:,.0f}"
+                    if getattr(self, "_last_tps", None):
+                        post["tok/s"] = self._last_tps
+                    bar.set_postfix(post, refresh=False)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
                     self.save_checkpoint(batches)
             if cfg.save_final and self.checkpoints is not None:
