@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from .common import add_model_args, load_model_from_args, require_tokenizer
 from .generate import add_sampling_args, sampling_kwargs
 
@@ -23,13 +21,9 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..generation import GenerationConfig, generate
-    from ..generation.streaming import TextDeltas
-
     kwargs = sampling_kwargs(args)
     model = load_model_from_args(args)
     tok = require_tokenizer(model)
-    eos = list(tok.eos_token_ids)
     interactive = sys.stdin.isatty()
     system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict[str, str]] = []
@@ -53,20 +47,14 @@ def run(args: argparse.Namespace) -> int:
             continue
         history.append({"role": "user", "content": text})
         ids = tok.apply_chat_template(system + history, add_generation_prompt=True, tokenize=True)
-        deltas = TextDeltas(tok)
-        reply_ids: list[int] = []
-
-        def on_token(t: torch.Tensor, deltas=deltas, reply_ids=reply_ids) -> None:
-            tid = int(t[0])
-            if tid in eos:
-                return
-            reply_ids.append(tid)
-            sys.stdout.write(deltas.push(tid))
-            sys.stdout.flush()
-
-        generate(model, torch.tensor([ids], device=args.device), None,
-                 GenerationConfig(eos_token_id=eos, **kwargs), streamer=on_token)
-        sys.stdout.write(deltas.flush() + "\n")
+        reply = model.stream(ids, **kwargs)
+        try:
+            for delta in reply:
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+        except KeyboardInterrupt:  # Ctrl-C stops this reply, not the session
+            pass
+        sys.stdout.write("\n")
         sys.stdout.flush()
-        history.append({"role": "assistant", "content": tok.decode(reply_ids, skip_special_tokens=True)})
+        history.append({"role": "assistant", "content": reply.text})
     return 0

@@ -38,9 +38,14 @@ def register(sub) -> None:
     add_model_args(p)
     add_sampling_args(p)
     p.add_argument("--num-beams", type=int, default=1)
-    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score = logprob / len**lp")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0)
+    p.add_argument("--num-return-sequences", type=int, default=1)
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable); never printed")
+    p.add_argument("--logprobs", type=int, default=None, metavar="N",
+                   help="with --json: each new token's logprob and its N (0-20) best alternatives")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -52,37 +57,76 @@ def encode_prompt(tok, prompt: str, chat: bool) -> list[int]:
     return tok.encode(prompt)
 
 
-def run(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace) -> dict:
     kwargs = sampling_kwargs(args)
     check_positive("--num-beams", args.num_beams)
-    if args.stream and args.num_beams > 1:
-        raise UsageError("--stream cannot be combined with --num-beams > 1")
+    check_positive("--num-return-sequences", args.num_return_sequences)
+    if args.no_repeat_ngram_size < 0:
+        raise UsageError(f"--no-repeat-ngram-size must be >= 0, got {args.no_repeat_ngram_size}")
+    if args.stream and (args.num_beams > 1 or args.num_return_sequences > 1):
+        raise UsageError("--stream prints one sequence: it cannot be combined with --num-beams or "
+                         "--num-return-sequences > 1")
+    if args.stream and args.json:
+        raise UsageError("--stream and --json are exclusive")
+    if args.num_beams > 1 and args.stop:
+        raise UsageError("--stop is not supported with --num-beams > 1")
+    if args.logprobs is not None:
+        if not args.json:
+            raise UsageError("--logprobs needs --json")
+        if not 0 <= args.logprobs <= 20:
+            raise UsageError(f"--logprobs must be in [0, 20], got {args.logprobs}")
+        if args.num_beams > 1:
+            raise UsageError("--logprobs is not supported with --num-beams > 1")
+    if args.num_beams == 1 and args.num_return_sequences > 1 and not kwargs["do_sample"]:
+        raise UsageError("--num-return-sequences > 1 needs --temperature > 0 or --num-beams > 1")
+    kwargs.update(num_beams=args.num_beams, stop=args.stop, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                  num_return_sequences=args.num_return_sequences)
+    if args.num_beams > 1:
+        kwargs["length_penalty"] = args.length_penalty
+    if args.logprobs is not None:
+        kwargs.update(logprobs=True, top_logprobs=args.logprobs)
+    return kwargs
+
+
+def _logprob_entries(tok, res, row: int) -> list[dict]:
+    """OpenAI's chat `logprobs.content` shape: token, logprob, bytes, top_logprobs."""
+    entries = []
+    for i, t in enumerate(res.new_tokens(row)):
+        top = [{"token": tok.decode([int(a)], skip_special_tokens=False), "logprob": float(b)}
+               for a, b in zip(res.top_logprob_ids[row, i], res.top_logprobs[row, i])]
+        text = tok.decode([t], skip_special_tokens=False)
+        entries.append({"token": text, "id": t, "logprob": float(res.logprobs[row, i]),
+                        "bytes": list(text.encode("utf-8")), "top_logprobs": top})
+    return entries
+
+
+def run(args: argparse.Namespace) -> int:
+    kwargs = _check(args)
     model = load_model_from_args(args)
     tok = require_tokenizer(model)
     ids = encode_prompt(tok, args.prompt, args.chat)
-    x = torch.tensor([ids], device=args.device)
-    if args.stream and not args.json:
-        from ..generation.streaming import TextDeltas
-
-        deltas = TextDeltas(tok)
-        eos = set(tok.eos_token_ids)
-
-        def on_token(t: torch.Tensor) -> None:
-            if int(t[0]) not in eos:
-                sys.stdout.write(deltas.push(int(t[0])))
-                sys.stdout.flush()
-
-        from ..generation import GenerationConfig, generate
-
-        generate(model, x, None, GenerationConfig(eos_token_id=list(eos), **kwargs), streamer=on_token)
-        sys.stdout.write(deltas.flush() + "\n")
+    if args.stream:
+        for delta in model.stream(ids, **kwargs):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
         return 0
-    out = model.generate(x, num_beams=args.num_beams, stop=args.stop, **kwargs)
-    new = out[0, len(ids):].tolist()
-    text = tok.decode(new, skip_special_tokens=True)
+    x = torch.tensor([ids], device=args.device)
+    res = model.generate(x, return_dict_in_generate=True, **kwargs)
     if args.json:
-        print(json.dumps({"prompt": args.prompt, "text": text, "tokens": new,
-                          "num_prompt_tokens": len(ids), "num_new_tokens": len(new)}))
+        rows = []
+        for r in range(res.sequences.shape[0]):
+            row = {"text": res.texts[r], "tokens": res.new_tokens(r), "finish_reason": res.finish_reasons[r],
+                   "num_new_tokens": res.num_new_tokens[r]}
+            if res.sequences_scores is not None:
+                row["score"] = float(res.sequences_scores[r])
+            if args.logprobs is not None:
+                row["logprobs"] = _logprob_entries(tok, res, r)
+            rows.append(row)
+        out = {"prompt": args.prompt, "num_prompt_tokens": len(ids), **rows[0]}
+        if len(rows) > 1:
+            out["sequences"] = rows
+        print(json.dumps(out, ensure_ascii=False))
     else:
-        print(text)
+        print("\n\n".join(res.texts) if len(res.texts) > 1 else res.texts[0])
     return 0
