@@ -177,7 +177,7 @@ def test_served_name_is_never_a_path():
 
 def test_cli_serve_end_to_end(tok, tmp_path):
     """`swisslm serve` as a user runs it: binds 127.0.0.1 by default, takes the key from
-    SWISSLM_API_KEY, serves the folder under its own name, and exits cleanly on SIGTERM."""
+    SWISSLM_API_KEY, serves the folder under its own name, and shuts down cleanly on SIGTERM."""
     import os
     import signal
     import socket
@@ -221,4 +221,6 @@ def test_cli_serve_end_to_end(tok, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
-    assert rc == 0
+    # uvicorn shuts down gracefully, then re-raises the captured SIGTERM so supervisors see it.
+    assert rc in (0, -signal.SIGTERM)
+    assert b"Traceback" not in proc.stderr.read()
