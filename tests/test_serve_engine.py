@@ -150,6 +150,29 @@ def test_stop_fails_pending_sequences(lm, tok):
     assert got and got[-1].finish_reason in ("abort", "length")
 
 
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_quantized_model_is_served_token_exact(tok, scheme):
+    """`swisslm serve --quant` hands the engine a quantize_()d model: same tokens as its generate().
+
+    One request at a time: the int8 path quantizes activations dynamically per tensor (fbgemm
+    linear_dynamic), so in a shared batch a row's numerics depend on its neighbours' ranges and
+    greedy ties can break differently; batch invariance holds for the float model only."""
+    from swisslm.quant import quantize_
+
+    lm = tiny_lm(tok)
+    quantize_(lm, scheme)
+    prompts = ["Hello world", "The quick brown fox", "x"]
+    refs = [reference(lm, tok, p, 10) for p in prompts]
+    eng = Engine(lm, max_batch=4, max_model_len=128)
+    eng.start()
+    try:
+        events = [run(eng, tok, [(p, SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True))])[0][0]
+                  for p in prompts]
+    finally:
+        eng.stop()
+    assert [[e.token_id for e in evs] for evs in events] == refs
+
+
 # -- CLI ------------------------------------------------------------------------------------------
 
 
