@@ -69,7 +69,6 @@ def test_more_sequences_than_rows_are_token_exact(engine, lm, tok):
     engine.stop()  # the reference runs on the same weights; give it the cache back meanwhile
     for p, n in zip(prompts, lengths):
         refs.append(reference(lm, tok, p, n))
-    engine._thread = None
     engine.start()
     events, seqs = run(engine, tok, jobs)
     for evs, ref, seq in zip(events, refs, seqs):
@@ -126,14 +125,17 @@ def test_cancel_frees_the_row_and_queue_is_bounded(lm, tok):
         eng.submit(seqs[1:])  # fills the queue (2)
         with pytest.raises(QueueFullError):
             eng.submit([Sequence(tok.encode("one too many"), sp, got.append, tok, eng.eos_ids)])
-        for s in seqs:
+        seqs[1].cancel()  # a queued client gives up: its place is reusable at once
+        late = Sequence(tok.encode("late"), sp, got.append, tok, eng.eos_ids)
+        eng.submit([late])
+        for s in [*seqs, late]:
             s.cancel()
         deadline = time.monotonic() + 10
         while (eng.num_running or eng.num_waiting) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert eng.num_running == 0 and eng.num_waiting == 0
         aborted = [e for e in got if e.finish_reason == "abort"]
-        assert len(aborted) == 3
+        assert len(aborted) == 4
         assert sum(e.token_id is not None for e in got) < 150  # the running one stopped early
     finally:
         eng.stop()

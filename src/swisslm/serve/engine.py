@@ -212,6 +212,13 @@ class Engine:
             if not self.alive or self._stop:
                 raise EngineStoppedError("the engine is not running")
             if len(self._waiting) + len(seqs) > self.max_queue:
+                # Clients that gave up while queued must not hold queue places until a row frees.
+                gone = [s for s in self._waiting if s.cancelled]
+                if gone:
+                    self._waiting = deque(s for s in self._waiting if not s.cancelled)
+                    for s in gone:
+                        self._emit(s, TokenEvent(None, "", finish_reason="abort"))
+            if len(self._waiting) + len(seqs) > self.max_queue:
                 self.metrics.rejected.inc()
                 raise QueueFullError(f"the server queue is full ({self.max_queue} waiting); retry later")
             self._waiting.extend(seqs)
