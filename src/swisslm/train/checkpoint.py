@@ -68,13 +68,13 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    seen: dict[tuple[int, int], str] = {}
+    seen: set[int] = set()
     out = {}
     for name, t in tensors.items():
         t = t.detach().to("cpu").contiguous()
-        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0)
+        key = t.untyped_storage().data_ptr() if t.numel() else id(t)
         out[name] = t.clone() if key in seen else t  # safetensors refuses shared storage (tied weights)
-        seen[key] = name
+        seen.add(key)
     save_file(out, str(path), metadata=metadata)
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -218,7 +218,8 @@ class CheckpointManager:
         if not (path / "trainer_state.json").is_file():
             raise CheckpointError(f"{path}: not a complete checkpoint (no trainer_state.json)")
         rank, _ = _dist()
-        self._clean_temps() if rank == 0 else None
+        if rank == 0:
+            self._clean_temps()
         state = json.loads((path / "trainer_state.json").read_text())
         msd = _load_tensors(path / "model.safetensors")
         opts = StateDictOptions(full_state_dict=True, strict=True)
