@@ -268,3 +268,26 @@ def test_real_model_stream_equals_generate(smollm2):
     s = smollm2.stream(ids, max_new_tokens=12)
     assert "".join(s) == out.texts[0] == smollm2.tokenizer.decode(out.new_tokens(0))
     assert s.token_ids == out.new_tokens(0) and s.finish_reason == out.finish_reasons[0]
+
+
+def test_beam_sampling_seeded(tiny):
+    _, ids, mask = _ragged(lengths=(5, 8))
+    kw = dict(max_new_tokens=8, num_beams=3, do_sample=True, temperature=0.9, num_return_sequences=2,
+              return_dict_in_generate=True)
+    a = tiny.generate(ids, attention_mask=mask, seed=7, **kw)
+    b = tiny.generate(ids, attention_mask=mask, seed=7, **kw)
+    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.sequences_scores, b.sequences_scores)
+    assert a.sequences.shape[0] == 4 and (a.sequences_scores[0::2] >= a.sequences_scores[1::2]).all()
+
+
+def test_config_validation(tiny):
+    ids = torch.tensor([[5, 6, 7]])
+    for bad, match in ((dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
+                       (dict(num_return_sequences=2), "needs sampling"),
+                       (dict(num_beams=2, early_stopping="sometimes"), "early_stopping"),
+                       (dict(num_beams=2, stop=["x"]), "stop strings"),
+                       (dict(do_sample=True, seed=[1, 2]), "2 seeds for 1 prompts")):
+        with pytest.raises(ValueError, match=match):
+            tiny.generate(ids, max_new_tokens=2, **bad)
+    with pytest.raises(TypeError, match="unexpected"):
+        tiny.generate(ids, max_new_tokens=2, num_beam=2)
