@@ -272,6 +272,12 @@ def test_hf_inference_client_text_generation(server, reference, monkeypatch):
     details = client.text_generation(prompt, max_new_tokens=10, details=True)
     assert details.generated_text == tok.decode(want)
     assert [t.id for t in details.details.tokens][: len(want)] == want
+    assert details.details.finish_reason == ("length" if len(want) == 10 else "eos_token")
+    text, stop = tok.decode(want), tok.decode(want)[3:6]
+    stopped = client.text_generation(prompt, max_new_tokens=10, details=True, stop=[stop])
+    if stop.strip():
+        assert stopped.details.finish_reason == "stop_sequence"
+        assert stopped.generated_text == text[: text.find(stop)]
     streamed = "".join(client.text_generation(prompt, max_new_tokens=10, stream=True))
     assert streamed == tok.decode(want)
     full = httpx.post(server.url + "/", json={"inputs": prompt, "parameters": {"max_new_tokens": 10,

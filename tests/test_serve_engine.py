@@ -102,12 +102,13 @@ def test_stop_strings_and_eos(engine, tok):
     (cut,), _ = run(engine, tok, [("stop test", SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True,
                                                                stop=[stop]))])
     assert "".join(e.text for e in cut) == text[: text.find(stop)]
-    assert cut[-1].finish_reason == "stop"
+    assert cut[-1].finish_reason == "stop" and cut[-1].stop_reason == stop
     # A stop token id ends the sequence with 'stop' and its text is not shown.
     first = evs[2].token_id
     (ended,), _ = run(engine, tok, [("stop test", SamplingParams(max_tokens=12, temperature=0.0,
                                                                  stop_token_ids=[first]))])
     assert [e.token_id for e in ended][-1] == first and ended[-1].finish_reason == "stop"
+    assert ended[-1].stop_reason == first
 
 
 def test_cancel_frees_the_row_and_queue_is_bounded(lm, tok):

@@ -586,10 +586,10 @@ def _finish(evs: list[TokenEvent]) -> str | None:
 
 
 def _tgi_finish(evs: list[TokenEvent]) -> str:
-    reason = evs[-1].finish_reason if evs else "length"
-    if reason == "stop":
-        return "eos_token" if evs[-1].text == "" and evs[-1].token_id is not None else "stop_sequence"
-    return reason or "length"
+    last = evs[-1] if evs else None
+    if last is not None and last.finish_reason == "stop":
+        return "stop_sequence" if isinstance(last.stop_reason, str) else "eos_token"
+    return "length"
 
 
 def _tgi_details(srv: _Server, evs: list[TokenEvent], seed: int | None) -> dict[str, Any]:

@@ -104,6 +104,7 @@ class TokenEvent:
     logprob: float | None = None
     top_logprobs: list[tuple[int, float]] | None = None
     finish_reason: str | None = None
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     error: str | None = None
 
 
@@ -395,11 +396,11 @@ class Engine:
             s.last_token_time = now
             finish = None
             if token_id in s.stop_ids:
-                finish = "stop"  # the stop token itself is not shown as text
+                finish, ev.stop_reason = "stop", token_id  # the stop token itself is not shown as text
             else:
                 ev.text = s.stops.push(s.deltas.push(token_id))
                 if s.stops.hit is not None:
-                    finish = "stop"
+                    finish, ev.stop_reason = "stop", s.stops.hit.stop
             if finish is None and (len(s.output_ids) >= s.params.max_tokens or s.pos + 1 >= self.max_model_len):
                 finish = "length"
             if finish is not None:
