@@ -223,3 +223,20 @@ def test_granite_is_llama_plus_four_values():
     assert (cfg.embedding_multiplier, cfg.attn_scale, cfg.residual_multiplier, cfg.logits_scaling) == (
         12.0, 0.0625, 0.22, 4.0)
     assert {k: v for k, v in granite.config_to_hf(cfg).items() if k in GRANITE_MULT} == GRANITE_MULT
+
+
+@pytest.mark.parametrize("family", sorted(CASES))
+def test_cli_convert(family, tmp_path):
+    """`swisslm convert` HF folder -> HF folder for every family; transformers loads the result."""
+    from swisslm.cli import main
+
+    shape = next(iter(CASES[family]))
+    hf = make_hf(family, shape)
+    hf.save_pretrained(tmp_path / "src")
+    assert main(["convert", str(tmp_path / "src"), str(tmp_path / "dst")]) == 0
+    back = type(hf).from_pretrained(tmp_path / "dst").eval()
+    ids = random_ids(V)
+    with torch.no_grad():
+        a, b = hf(ids), back(ids)
+    key = "last_hidden_state" if family in ENCODERS else "logits"
+    assert (getattr(a, key) - getattr(b, key)).abs().max() <= 1e-5
