@@ -153,7 +153,50 @@ def test_stop_fails_pending_sequences(lm, tok):
     assert got and got[-1].finish_reason in ("abort", "length")
 
 
-@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_chunked_prefill_is_exact_and_interleaves_with_decode(lm, tok):
+    """A long prompt prefilled 8 tokens per step: same tokens as generate(), and a running
+    sequence keeps getting tokens while the long prompt is being prefilled."""
+    long_prompt = "many words in a long prompt " * 12  # ~70 tokens -> ~9 chunks
+    refs = [reference(lm, tok, long_prompt, 6), reference(lm, tok, "short", 40)]
+    eng = Engine(lm, max_batch=2, max_model_len=200, prefill_chunk=8)
+    eng.start()
+    try:
+        progress_at_first_token = []
+        events: list[list] = [[], []]
+        done = threading.Event()
+
+        def sink_short(ev):
+            events[1].append(ev)
+
+        def sink_long(ev):
+            if not events[0]:
+                progress_at_first_token.append(len(events[1]))
+            events[0].append(ev)
+            if ev.finish_reason:
+                done.set()
+
+        sp = SamplingParams(temperature=0.0, ignore_eos=True)
+        short = Sequence(tok.encode("short"), SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True),
+                         sink_short, tok, eng.eos_ids)
+        eng.submit([short])
+        deadline = time.monotonic() + 10
+        while len(events[1]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        n_before = len(events[1])
+        sp.max_tokens = 6
+        eng.submit([Sequence(tok.encode(long_prompt), sp, sink_long, tok, eng.eos_ids)])
+        assert done.wait(60)
+        while not short.finished and time.monotonic() < deadline + 30:
+            time.sleep(0.01)
+    finally:
+        eng.stop()
+    assert [e.token_id for e in events[0]] == refs[0]
+    assert [e.token_id for e in events[1]] == refs[1]
+    chunks = -(-len(tok.encode(long_prompt)) // 8)
+    assert progress_at_first_token[0] - n_before >= chunks - 2  # one decode step per prefill chunk
+
+
+@pytest.mark.parametrize("scheme", ["int8"])  # int4 shares the path; ~10 s each on 2 cores
 def test_quantized_model_is_served_token_exact(tok, scheme):
     """`swisslm serve --quant` hands the engine a quantize_()d model: same tokens as its generate().
 

@@ -41,7 +41,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_no_server_errors(case, live):
     case.call_and_validate(
         base_url=live.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30,

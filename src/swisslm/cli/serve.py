@@ -30,6 +30,8 @@ def register(sub) -> None:
     p.add_argument("--max-model-len", type=int, default=2048,
                    help="prompt + completion tokens per sequence (capped at the model's own limit)")
     p.add_argument("--max-queue", type=int, default=256, help="sequences waiting for a row before 429")
+    p.add_argument("--prefill-chunk", type=int, default=512,
+                   help="prompt tokens prefilled per engine step (bounds the stall a long prompt causes)")
     p.add_argument("--max-tokens", type=int, default=4096, help="largest max_tokens a request may ask for")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (413 past it)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -51,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..serve import create_app
 
-    for name in ("--port", "--max-batch", "--max-model-len", "--max-queue", "--max-tokens", "--max-body-bytes"):
+    for name in ("--port", "--max-batch", "--max-model-len", "--max-queue", "--max-tokens", "--max-body-bytes",
+                 "--prefill-chunk"):
         check_positive(name, getattr(args, name[2:].replace("-", "_")))
     if args.port > 65535:
         raise UsageError(f"--port must be <= 65535, got {args.port}")
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     name = args.served_model_name or served_name(args.model)
     try:
         app = create_app(model, name, api_key=api_key, max_batch=args.max_batch, max_model_len=args.max_model_len,
-                         max_queue=args.max_queue, max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes)
+                         max_queue=args.max_queue, max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes,
+                         prefill_chunk=args.prefill_chunk)
     except ValueError as e:
         raise UsageError(str(e)) from None
     try:

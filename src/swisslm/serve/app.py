@@ -92,6 +92,7 @@ def create_app(
     max_queue: int = 256,
     max_tokens: int = 4096,
     max_body_bytes: int = 1 << 20,
+    prefill_chunk: int = 512,
 ) -> FastAPI:
     """Build the app and start its engine thread (stopped when the app shuts down, or by
     `app.state.shutdown()`)."""
@@ -102,7 +103,7 @@ def create_app(
     engine: Engine | None = None
     if model.config.lm_head:
         engine = Engine(model, max_batch=max_batch, max_model_len=max_model_len, max_queue=max_queue,
-                        metrics=metrics)
+                        metrics=metrics, prefill_chunk=prefill_chunk)
         engine.start()
     context_len = engine.max_model_len if engine else min(max_model_len or 1 << 30,
                                                           model.config.max_position_embeddings)

@@ -4,7 +4,8 @@
     waiting (bounded deque) --admit--> rows of the running batch --finish/cancel--> free rows
 
 Each step the engine (1) drops cancelled sequences, (2) admits waiting sequences into free rows,
-prefilling each prompt alone (batch 1) into its row of the shared cache, and (3) runs ONE model
+prefilling each prompt alone (batch 1) into its row of the shared cache, at most
+`prefill_chunk` prompt tokens per step (chunked prefill), and (3) runs ONE model
 forward for every running row: tokens (B, 1), per-row cache positions input_pos (B, 1) and an
 attention mask (B, S) that lets row b see only slots 0..pos_b. Rows therefore join and leave at
 token granularity; a row that is free carries a dummy token that attends only to itself and is
@@ -119,6 +120,7 @@ class Sequence:
         self.output_ids: list[int] = []
         self.row = -1
         self.pos = 0  # cache slot the next fed token is written at
+        self.prefilled = 0  # prompt tokens already in the cache (chunked prefill)
         self.cancelled = False
         self.finished = False
         self.arrival = time.perf_counter()
@@ -151,7 +153,7 @@ class Engine:
     """Owns `model` (a causal LM with `.tokenizer`) and serves sequences from one thread."""
 
     def __init__(self, model: Any, max_batch: int = 16, max_model_len: int | None = None,
-                 max_queue: int = 256, metrics: Metrics | None = None) -> None:
+                 max_queue: int = 256, metrics: Metrics | None = None, prefill_chunk: int = 512) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_queue < 1:
@@ -164,8 +166,11 @@ class Engine:
         self.max_model_len = min(max_model_len or limit, limit)
         if self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.prefill_chunk = prefill_chunk
         self.metrics = metrics or Metrics()
         eos = list(getattr(self.tokenizer, "eos_token_ids", None) or []) or model.config.eos_ids
         self.eos_ids = [int(e) for e in eos]
@@ -268,8 +273,15 @@ class Engine:
             if s is not None and s.cancelled:
                 self._free(b, "abort")
         self._admit()
-        active = [(b, s) for b, s in enumerate(self._rows) if s is not None]
-        self.metrics.running.set(len(active))
+        # Prefill at most `prefill_chunk` prompt tokens per step (at least one chunk), so a long
+        # prompt joining the batch delays the running rows' next token by one chunk, not by
+        # its whole length (vLLM's chunked prefill).
+        budget = self.prefill_chunk
+        for s in self._rows:
+            if s is not None and s.prefilled < len(s.prompt_ids) and budget > 0:
+                budget -= self._prefill(s, budget)
+        active = [(b, s) for b, s in enumerate(self._rows) if s is not None and s.prefilled == len(s.prompt_ids)]
+        self.metrics.running.set(self.num_running)
         if active:
             self._decode(active)
 
@@ -287,7 +299,6 @@ class Engine:
                 continue
             self._rows[free] = seq
             seq.row = free
-            self._prefill(seq)
 
     def _bind(self, start: int, rows: int, slots: int) -> None:
         """Point every layer's cache (and the model's position masks) at a window of the cache."""
@@ -315,22 +326,31 @@ class Engine:
     def _slots(self, needed: int) -> int:
         return min(self.max_model_len, -(-needed // _WINDOW) * _WINDOW)
 
-    def _prefill(self, seq: Sequence) -> None:
-        """Run the prompt alone (batch 1) into its row: row b's view is rows [b, b+1)."""
-        T = len(seq.prompt_ids)
+    def _prefill(self, seq: Sequence, budget: int) -> int:
+        """Run the next chunk (<= budget tokens) of the prompt alone (batch 1) into its row: the
+        view is rows [b, b+1); earlier chunks are already in the row's cache slots. After the
+        last chunk the first token is sampled. Returns the number of tokens prefilled."""
+        start = seq.prefilled
+        end = min(len(seq.prompt_ids), start + budget)
         b = seq.row
-        self._bind(b, 1, self._slots(T))
-        ids = torch.tensor([seq.prompt_ids], device=self.device)
-        logits = self.model(ids, input_pos=torch.arange(T, device=self.device), num_logits_to_keep=1).logits[:, -1]
-        self.metrics.prompt_tokens.inc(T)
-        seq.pos = T
-        self._sample_and_emit([(0, b, seq)], logits)
+        self._bind(b, 1, self._slots(end))
+        ids = torch.tensor([seq.prompt_ids[start:end]], device=self.device)
+        out = self.model(ids, input_pos=torch.arange(start, end, device=self.device), num_logits_to_keep=1)
+        self.metrics.prompt_tokens.inc(end - start)
+        seq.prefilled = seq.pos = end
+        if end == len(seq.prompt_ids):
+            self._sample_and_emit([(0, b, seq)], out.logits[:, -1])
+        return end - start
 
     def _decode(self, active: list[tuple[int, Sequence]]) -> None:
         rows = active[-1][0] + 1
         pos = torch.zeros(rows, 1, dtype=torch.long)
         tokens = torch.zeros(rows, 1, dtype=torch.long)
         live = torch.zeros(rows, 1, dtype=torch.bool)
+        for b in range(rows):  # a row still mid-prefill gets its dummy write at the slot its next
+            s = self._rows[b]  # chunk overwrites first, so its prompt's K/V stay intact
+            if s is not None:
+                pos[b, 0] = s.prefilled
         for b, s in active:
             pos[b, 0] = s.pos
             tokens[b, 0] = s.output_ids[-1]
