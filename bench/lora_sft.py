@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 
@@ -125,6 +126,7 @@ def main() -> None:
             t0 = time.perf_counter()
             fn(batches)
             tps[name].append(tokens / (time.perf_counter() - t0))
+            print(f"round {r + 1}/{args.rounds} {name}: {tps[name][-1]:.1f} tokens/s", file=sys.stderr, flush=True)
     med = {k: statistics.median(v) for k, v in tps.items()}
     result = {
         "model": "SmolLM2-135M-Instruct (fp32)", "lora": lora_kw | {"target_modules": "all-linear"},
