@@ -159,3 +159,17 @@ def test_random_init_for_training_from_scratch():
         assert torch.isfinite(p).all() and 0.001 < p.std() < 0.05
     out = model(torch.randint(0, 64, (2, 5)))
     assert torch.isfinite(out.logits).all()
+
+
+def test_output_router_logits_from_config_json(tmp_path):
+    cfg = transformers.OlmoeConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=1, intermediate_size=16,
+                                   vocab_size=64, num_experts=4, num_experts_per_tok=2, output_router_logits=True)
+    transformers.OlmoeForCausalLM(cfg).save_pretrained(tmp_path / "src")
+    model = swisslm.AutoModel.from_pretrained(tmp_path / "src")
+    ids = torch.randint(0, 64, (1, 5))
+    with torch.no_grad():
+        assert model(ids).aux_loss is not None  # the checkpoint asked for them
+        model.output_router_logits = False  # the model attribute wins
+        assert model(ids).aux_loss is None and model(ids).router_logits is None
+    model.save_pretrained(tmp_path / "dst")  # and the setting round-trips
+    assert transformers.OlmoeConfig.from_pretrained(tmp_path / "dst").output_router_logits is True

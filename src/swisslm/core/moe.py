@@ -247,17 +247,21 @@ def collect_router_outputs(
     """(aux_loss, router_logits) after a forward of a MoE model (called by Transformer.forward).
 
     Returned only when the model is training or `model.output_router_logits` is True (HF's
-    `output_router_logits`; inference pays nothing otherwise). aux_loss is already weighted, ready
+    `output_router_logits`; unset, config.json's `output_router_logits` decides, default False, so
+    inference pays nothing). aux_loss is already weighted, ready
     to add to the LM loss: router_aux_loss_coef * load-balancing loss (+ router_z_loss_coef *
     z-loss when that coef is > 0). Note transformers' `aux_loss` output is the *unweighted*
     load-balancing loss (it applies the coef only inside `loss`); ours = coef * theirs.
     """
-    if not (model.training or getattr(model, "output_router_logits", False)):
+    cfg = model.config
+    asked = getattr(model, "output_router_logits", None)
+    if asked is None:  # not set on the model: the checkpoint's config.json says (HF's default)
+        asked = bool(cfg.extra.get("output_router_logits", False))
+    if not (model.training or asked):
         return None, None
     logits = tuple(m.router_logits for m in model.modules() if isinstance(m, MoE) and m.router_logits is not None)
     if not logits:
         return None, None
-    cfg = model.config
     if attention_mask is not None and attention_mask.numel() != logits[0].shape[0]:
         attention_mask = None  # mask does not describe these rows (e.g. a cached decode step)
     aux = cfg.router_aux_loss_coef * load_balancing_loss(

@@ -43,6 +43,7 @@ class GraniteMoe(Granite):
             moe_intermediate_size=hf_get(hf, "intermediate_size"),
             norm_topk_prob=True,
             router_aux_loss_coef=float(hf_get(hf, "router_aux_loss_coef", 0.001)),
+            extra={"output_router_logits": bool(hf.get("output_router_logits", False))},
         )
 
     @classmethod

@@ -55,6 +55,7 @@ class Olmoe(Llama):
             router_aux_loss_coef=float(hf_get(hf, "router_aux_loss_coef", 0.01)),
             # Not an HF OlmoeConfig key (transformers has no z-loss); read when present.
             router_z_loss_coef=float(hf_get(hf, "router_z_loss_coef", 0.0)),
+            extra={"output_router_logits": bool(hf.get("output_router_logits", False))},
         )
 
     @classmethod
