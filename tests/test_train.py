@@ -211,3 +211,26 @@ def test_continue_from_hf_folder(tmp_path):
                                                          "config": {"num_layers": 3}})
     with pytest.raises(ConfigError, match="cannot be combined"):
         run_training(parse_train_config(bad))
+
+
+def test_granite_mup_power_run_exports_to_transformers(tmp_path):
+    """A muP Granite model trained with the Power schedule exports as GraniteForCausalLM, same logits."""
+    transformers = pytest.importorskip("transformers")
+    data = synthetic_tokens(tmp_path / "d")
+    cfg = tiny_train_config(tmp_path / "run", data, training={"max_steps": 4},
+                            model={"family": "granite", "mup": {"base_width": 16}},
+                            schedule={"name": "power", "warmup_steps": 1, "decay_steps": 2},
+                            checkpoint={"export_hf": True})
+    run_training(parse_train_config(cfg))
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run")]
+    # batch 4 x 16 tokens: 4 * 4 * n**-0.51 > eta_max, so the cap holds until the exponential decay
+    # step 3 is half-way through the decay: x (sqrt(e) - 1) / (e - 1) = 0.37754067
+    assert lrs[:2] == [0.02, 0.02] and lrs[2] == pytest.approx(0.02 * 0.3775406687981455)
+    assert lrs[3] == 0.0
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "hf")
+    assert type(theirs).__name__ == "GraniteForCausalLM"
+    assert theirs.config.logits_scaling == 2.0 and theirs.config.attention_multiplier == pytest.approx(1 / 8)
+    ours = AutoModel.from_pretrained(tmp_path / "run" / "hf")
+    x = torch.randint(0, 96, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, theirs(x).logits, rtol=1e-5, atol=1e-5)
