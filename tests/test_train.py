@@ -234,3 +234,26 @@ def test_granite_mup_power_run_exports_to_transformers(tmp_path):
     x = torch.randint(0, 96, (2, 10))
     with torch.no_grad():
         torch.testing.assert_close(ours(x).logits, theirs(x).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_trainer_with_masked_labels_and_finite_iterator(tmp_path):
+    """The reusable loop on SFT-style batches: -100 labels carry no loss, and a finite iterator
+    ends training cleanly (with a final checkpoint) instead of raising."""
+    from swisslm.train import Trainer, TrainerConfig, make_schedule
+
+    model = AutoModel.from_config(ModelConfig(vocab_size=32, hidden_size=16, num_layers=1, num_heads=2,
+                                              intermediate_size=32), seed=0)
+    ids = torch.randint(0, 32, (2, 8), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :5] = -100  # prompt tokens: no loss
+    batches = [{"input_ids": ids, "labels": labels}] * 3
+    seen: list[dict[str, float]] = []
+    trainer = Trainer(model, build_adamw(param_groups(model), lr=1e-3), make_schedule("constant", lr=1e-3),
+                      TrainerConfig(max_steps=10, progress=False), checkpoints=CheckpointManager(tmp_path / "ck"),
+                      callbacks=[lambda _t, m: seen.append(m)])
+    expected_first = torch.nn.functional.cross_entropy(model(ids).logits[:, 4:-1].reshape(-1, 32),
+                                                       ids[:, 5:].reshape(-1)).item()
+    state = trainer.fit(iter(batches))
+    assert state.step == 3 and state.loss_tokens == 3 * 2 * 3  # positions 5..7 predicted, 2 rows
+    assert seen[0]["loss"] == pytest.approx(expected_first, rel=1e-6)
+    assert CheckpointManager(tmp_path / "ck").latest().name == "step-00000003"

@@ -84,7 +84,12 @@ def _dist() -> tuple[int, int]:
 
 
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a small CPU tensor over ranks (through the GPU when the backend is NCCL)."""
     if _dist()[1] > 1:
+        if dist.get_backend() == "nccl":
+            dev = t.to(f"cuda:{torch.cuda.current_device()}")
+            dist.all_reduce(dev, op=dist.ReduceOp.SUM)
+            return dev.cpu()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
@@ -275,7 +280,12 @@ class Trainer:
         t0, tok0 = time.perf_counter(), self.state.tokens_seen
         try:
             while self.state.step < cfg.max_steps:
-                micro = [next(it) for _ in range(cfg.grad_accum)]
+                try:
+                    micro = [next(it) for _ in range(cfg.grad_accum)]
+                except StopIteration:  # a finite iterator ran out: stop (and save) where we are
+                    logger.warning("batch iterator exhausted after step %d of %d", self.state.step,
+                                   cfg.max_steps)
+                    break
                 self._seq_len = micro[0]["input_ids"].shape[1]
                 metrics = self.train_step(micro)
                 step = self.state.step
