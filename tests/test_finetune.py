@@ -99,17 +99,17 @@ def test_finetune_cli_lora_checkpoint_resume_and_merge(tok, tmp_path):
               "--lora-r", "4", "--lora-alpha", "8", "--lr", "5e-3", "--batch-size", "4",
               "--gradient-accumulation", "2", "--block-size", "48", "--no-progress", "--seed", "3",
               "--warmup-ratio", "0", "--scheduler", "constant"]
-    # uninterrupted 6 steps
-    assert main(common + ["--max-steps", "6", "--output", str(tmp_path / "full")]) == 0
+    # uninterrupted 4 steps
+    assert main(common + ["--max-steps", "4", "--output", str(tmp_path / "full")]) == 0
     summary = json.loads((tmp_path / "full" / "finetune_summary.json").read_text())
-    assert summary["steps"] == 6 and summary["final_loss"] < summary["first_loss"]
+    assert summary["steps"] == 4 and summary["final_loss"] < summary["first_loss"]
     assert 0 < summary["trainable_parameters"] < summary["total_parameters"]
-    # 3 steps with a checkpoint, then resume to 6: the same adapter, bit for bit (constant lr: the
-    # schedule of a 3-step run would otherwise differ from the first half of a 6-step one)
+    # 2 steps with a checkpoint, then resume to 4: the same adapter, bit for bit (constant lr: the
+    # schedule of a 2-step run would otherwise differ from the first half of a 4-step one)
     half = tmp_path / "half"
-    assert main(common + ["--max-steps", "3", "--save-steps", "3", "--output", str(half)]) == 0
-    assert (half / "checkpoints" / "step-00000003" / "model.safetensors").is_file()
-    assert main(common + ["--max-steps", "6", "--output", str(half), "--resume", "--merge-adapter"]) == 0
+    assert main(common + ["--max-steps", "2", "--save-steps", "2", "--output", str(half)]) == 0
+    assert (half / "checkpoints" / "step-00000002" / "model.safetensors").is_file()
+    assert main(common + ["--max-steps", "4", "--output", str(half), "--resume", "--merge-adapter"]) == 0
     from safetensors.torch import load_file
 
     a = load_file(str(tmp_path / "full" / "adapter_model.safetensors"))
@@ -136,3 +136,19 @@ def test_finetune_cli_user_errors_exit_2(tmp_path, capsys):
     assert "needs --peft" in capsys.readouterr().err
     assert main(["finetune", "--data", str(tmp_path / "missing.jsonl"), "--lora-r", "0", "--peft"]) == 2
     assert "--lora-r must be > 0" in capsys.readouterr().err
+
+
+def test_finetune_cli_qlora_int8(tok, tmp_path):
+    from swisslm.cli import main
+
+    base = _tiny_with_tokenizer(tok, tmp_path / "base")
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": f"The number {i} is {'even' if i % 2 == 0 else 'odd'}."}) + "\n"
+                            for i in range(8)))
+    out = tmp_path / "q"
+    assert main(["finetune", "--model", str(base), "--data", str(data), "--peft", "--quantization", "int8",
+                 "--lora-r", "4", "--lr", "1e-2", "--max-steps", "2", "--batch-size", "4",
+                 "--gradient-accumulation", "1", "--output", str(out), "--no-progress"]) == 0
+    s = json.loads((out / "finetune_summary.json").read_text())
+    assert s["steps"] == 2 and 0 < s["trainable_parameters"] < s["total_parameters"]
+    assert json.loads((out / "adapter_config.json").read_text())["target_modules"]

@@ -154,8 +154,10 @@ def run_sft(cfg: SFTConfig, model: Any = None) -> dict[str, Any]:
     steps = cfg.max_steps or math.ceil(cfg.epochs * batches.batches_per_epoch / cfg.gradient_accumulation)
     warmup = math.ceil(cfg.warmup_ratio * steps)
 
+    base_params = trainable_parameters(model)[1]  # before quantize_ turns weights into buffers
     lora = prepare_model(cfg, model)
-    trainable, total = trainable_parameters(model)
+    trainable = trainable_parameters(model)[0]
+    total = base_params + (trainable if lora is not None else 0)
     log.info("trainable parameters: %s / %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     opt = build_adamw(param_groups(model, weight_decay=cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     sched = make_sft_schedule(cfg.scheduler, cfg.lr, warmup, steps)
