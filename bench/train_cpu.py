@@ -8,7 +8,7 @@ the same hyperparameters and grad clipping. The two sides alternate in rounds so
 other processes on the machine hits both alike; the first step of each side is a warm-up and is
 not timed. The first-step losses are printed to show both sides compute the same thing.
 
-    python bench/train_cpu.py [--steps 4] [--rounds 2] [--batch 4] [--seq-len 128] [--threads 2]
+    python bench/train_cpu.py [--steps 1] [--rounds 8] [--batch 4] [--seq-len 128] [--threads 2]
     python bench/train_cpu.py --json     # one JSON object
 """
 
@@ -27,8 +27,8 @@ import torch
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=4, help="timed steps per side per round")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=1, help="timed steps per side per round")
+    ap.add_argument("--rounds", type=int, default=8, help="alternations (one side, then the other)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--vocab", type=int, default=32000)
