@@ -296,7 +296,7 @@ class Trainer:
                     mfu = self._mfu(tps)
                     if mfu is not None:
                         metrics["mfu"] = mfu
-                    t0, tok0 = now, self.state.tokens_seen
+                    t0, tok0 = time.perf_counter(), self.state.tokens_seen  # after the one-time peak probe
                     if self.rank == 0:
                         msg = (f"step {step}/{cfg.max_steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.3e} "
                                f"tok/s {tps:,.0f}" + (f" MFU {100 * mfu:.1f}%" if mfu is not None else ""))
