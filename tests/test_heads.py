@@ -97,3 +97,19 @@ def test_classify_cli_on_minilm_reports_accuracy(minilm_path, tmp_path):
     assert s["labels"] == ["neg", "pos"] and s["pooling"] == "mean"
     assert s["accuracy"] >= 0.9 and s["final_loss"] < s["first_loss"]
     assert (out / "classifier_head.safetensors").is_file()
+
+
+def test_mixins_compose_and_removing_lora_keeps_base_frozen_under_head():
+    from swisslm.mixins import LoRAMixin
+
+    model = tiny()
+    model.add_mixin("lora", LoRAMixin(r=2, target_modules=["q_proj"]))
+    model.add_mixin("cls", ClassificationHeadMixin(32, num_labels=2))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n or n.startswith("mixins.cls.") for n in trainable)
+    assert "lora (LoRAMixin" in model.mixin_report() and "cls (ClassificationHeadMixin" in model.mixin_report()
+    model.del_mixin("lora")
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, _ in model.named_parameters() if n.startswith("mixins.cls.")}
+    model.del_mixin("cls")
+    assert all(p.requires_grad for p in model.parameters())

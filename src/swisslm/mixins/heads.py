@@ -23,7 +23,7 @@ from torch import nn
 
 from ..core.mlp import ACTIVATIONS
 from ..core.slots import Mixin
-from .lora import freeze_base_parameters
+from .lora import freeze_base_parameters, unfreeze
 
 Pooling = Literal["last", "mean", "first"]
 
@@ -83,9 +83,8 @@ class ClassificationHeadMixin(Mixin):
             self._frozen = freeze_base_parameters(model, keep=list(self.parameters()))
 
     def detach(self, model: nn.Module) -> None:
-        for p in self._frozen:
-            p.requires_grad_(True)
-        self._frozen = []
+        frozen, self._frozen = self._frozen, []
+        unfreeze(model, frozen)
 
     def output_head(self, h: torch.Tensor) -> torch.Tensor:
         """Slot: per-position scores (B, T, num_labels) instead of vocabulary logits."""

@@ -485,9 +485,8 @@ class LoRAMixin(Mixin):
                 setattr(rec.parent, rec.attr, rec.original)
                 _rebind_mlp_slot(rec.parent, rec.attr, rec.original)
         self._installed = []
-        for p in self._frozen:
-            p.requires_grad_(True)
-        self._frozen = []
+        frozen, self._frozen = self._frozen, []
+        unfreeze(model, frozen)
 
     @torch.no_grad()
     def merge(self, model: nn.Module) -> None:
@@ -556,6 +555,18 @@ def freeze_base_parameters(model: nn.Module, keep: Sequence[nn.Parameter] = ()) 
             p.requires_grad_(False)
             changed.append(p)
     return changed
+
+
+def unfreeze(model: nn.Module, params: Sequence[nn.Parameter]) -> None:
+    """Undo a mixin's freeze on detach -- unless another installed mixin still wants the base
+    frozen, in which case it takes those parameters over (so removing LoRA under a head keeps the
+    base frozen)."""
+    for p in params:
+        p.requires_grad_(True)
+    for m in getattr(model, "mixins", {}).values():
+        if getattr(m, "freeze_base", False) and hasattr(m, "_frozen"):
+            keep = list(m.parameters()) + (m.adapter_parameters() if hasattr(m, "adapter_parameters") else [])
+            m._frozen += freeze_base_parameters(model, keep=keep)
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..core.slots import Mixin
-from .lora import freeze_base_parameters
+from .lora import freeze_base_parameters, unfreeze
 
 
 class PrefixTuningMixin(Mixin):
@@ -50,9 +50,8 @@ class PrefixTuningMixin(Mixin):
             self._frozen = freeze_base_parameters(model, keep=list(self.parameters()))
 
     def detach(self, model: nn.Module) -> None:
-        for p in self._frozen:
-            p.requires_grad_(True)
-        self._frozen = []
+        frozen, self._frozen = self._frozen, []
+        unfreeze(model, frozen)
 
     def attention_fn(self, q, k, v, mask, scale, is_causal, *, prev, layer):
         B, _, T, _ = q.shape  # (B, H, T, D)
