@@ -92,7 +92,9 @@ def adapter_state_dict(model: Any, name: str | None = None) -> tuple[dict[str, t
         "base_model_name_or_path": None,
         "r": r,
         "lora_alpha": lora.alpha if lora.alpha != int(lora.alpha) else int(lora.alpha),
-        "lora_dropout": lora.dropout_p,
+        # PEFT refuses dropout on target_parameters (expert) adapters; dropout only matters while
+        # training, so an adapter with experts is written with 0 to stay loadable by PEFT.
+        "lora_dropout": 0.0 if params else lora.dropout_p,
         "use_rslora": lora.use_rslora,
         "target_modules": lora.target_names() or None,
         "target_parameters": params or None,

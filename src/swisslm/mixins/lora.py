@@ -325,7 +325,8 @@ class ExpertLoRA(nn.Module):
 
     Installed as the MoE module's `lora_gate_up` / `lora_down`; its grouped compute calls
     `adapter(x_sorted, offs)` and adds the result: two more grouped matmuls of rank r per
-    projection, on the same sorted rows (no loop over tokens).
+    projection, on the same sorted rows (no loop over tokens). No dropout: the down projection's
+    input is per (token, expert) pair, and PEFT's expert adapters refuse dropout too.
     """
 
     def __init__(self, stacked: torch.Tensor, r: int, scaling: float) -> None:
@@ -474,7 +475,6 @@ class LoRAMixin(Mixin):
         if self.init != "kaiming":
             ad.reset_lora_parameters(self.init)
         setattr(parent, attr, ad)
-        _rebind_mlp_slot(parent, attr, ad)
         self._installed.append(_Installed(parent, attr, original, ad, site, slices))
 
     def detach(self, model: nn.Module) -> None:
@@ -483,7 +483,6 @@ class LoRAMixin(Mixin):
                 setattr(rec.parent, f"lora_{rec.attr}", None)
             else:
                 setattr(rec.parent, rec.attr, rec.original)
-                _rebind_mlp_slot(rec.parent, rec.attr, rec.original)
         self._installed = []
         frozen, self._frozen = self._frozen, []
         unfreeze(model, frozen)
@@ -499,7 +498,6 @@ class LoRAMixin(Mixin):
             else:
                 merged = rec.adapter.merged()
                 setattr(rec.parent, rec.attr, merged)
-                _rebind_mlp_slot(rec.parent, rec.attr, merged)
                 rec.original = merged
         self._installed = [r for r in self._installed if r.original is not None]
         name = next(n for n, m in model.mixins.items() if m is self)
@@ -530,14 +528,6 @@ class LoRAMixin(Mixin):
         what = ", ".join(self.target_names() + self.target_parameters())
         return (f"r={self.r}, alpha={self.alpha:g}{', rslora' if self.use_rslora else ''}, "
                 f"{len(self._installed)} adapted weights [{what}], {n:,} parameters")
-
-
-def _rebind_mlp_slot(parent: nn.Module, attr: str, module: nn.Module) -> None:
-    """A block's `mlp` slot default is the mlp module itself; keep it pointing at what is
-    installed (LoRA on a whole block's mlp is not a case today, but the slot must not go stale)."""
-    defaults = parent.__dict__.get("_slot_defaults")
-    if defaults is not None and attr == "mlp" and "mlp" in defaults:
-        defaults["mlp"] = module
 
 
 def freeze_base_parameters(model: nn.Module, keep: Sequence[nn.Parameter] = ()) -> list[nn.Parameter]:
@@ -577,8 +567,3 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
 
 def lora_mixins(model: nn.Module) -> list[tuple[str, LoRAMixin]]:
     return [(n, m) for n, m in getattr(model, "mixins", {}).items() if isinstance(m, LoRAMixin)]
-
-
-def describe(model: nn.Module) -> dict[str, Any]:
-    t, total = trainable_parameters(model)
-    return {"trainable": t, "total": total, "percent": 100.0 * t / max(total, 1)}
