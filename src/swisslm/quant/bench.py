@@ -96,6 +96,18 @@ def _prepare(args: argparse.Namespace, peers: list[str]) -> dict[str, Path]:
 # -- worker (one per peer) ---------------------------------------------------------------------
 
 
+def peak_rss() -> int:
+    """Peak resident set size of this process in bytes. VmHWM, not ru_maxrss: Linux carries
+    ru_maxrss over fork+exec, so a worker would report its parent's peak when that was higher."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 class _Peer:
     def __init__(self, name: str, paths: dict[str, str], threads: int, compile_step: bool) -> None:
         self.name = name
@@ -165,8 +177,7 @@ def worker_main(argv: list[str]) -> int:
         if req.get("quit"):
             break
         dt, n = peer.run(req["ids"], req["batch"], req["new"])
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-        print(json.dumps({"seconds": dt, "new": n, "peak_rss": rss}), flush=True)
+        print(json.dumps({"seconds": dt, "new": n, "peak_rss": peak_rss()}), flush=True)
     return 0
 
 

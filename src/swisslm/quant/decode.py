@@ -23,12 +23,14 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def compile_(model: nn.Module, mode: str | None = None) -> nn.Module:
-    """Compile `model`'s one-token cached step in place (idempotent); returns the model."""
+def compile_(model: nn.Module, mode: str | None = None, backend: str = "inductor") -> nn.Module:
+    """Compile `model`'s one-token cached step in place (idempotent); returns the model.
+    `backend="aot_eager"` checks that the step captures as one graph without paying for
+    inductor's C++ codegen (tests)."""
     if getattr(model, "_swisslm_compiled", False):
         return model
     eager_forward = model.forward
-    step = torch.compile(eager_forward, fullgraph=True, dynamic=False, mode=mode)
+    step = torch.compile(eager_forward, fullgraph=True, dynamic=False, mode=mode, backend=backend)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, input_pos=None,
                 token_type_ids=None, num_logits_to_keep=0):

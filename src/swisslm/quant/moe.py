@@ -17,7 +17,7 @@ from torch import nn
 
 from ..core.moe import MoE
 from . import layers
-from .layers import REDUCE_RANGE, _prepack, quantize_int8_per_channel
+from .layers import _packed_forward, _prepack, quantize_int8_per_channel
 
 
 class QuantMoE(MoE):
@@ -44,14 +44,14 @@ class QuantMoE(MoE):
         q = getattr(self, which)
         out = x.new_empty(x.shape[0], q.shape[1])
         fast = x.device.type == "cpu" and x.dtype == torch.float32 and layers.fbgemm_available() \
-            and not (torch.is_grad_enabled() and x.requires_grad)
+            and x.shape[0] <= layers.PACKED_MAX_ROWS and not (torch.is_grad_enabled() and x.requires_grad)
         packs = self._packs(which) if fast else None
         scales = getattr(self, which + "_scales")
         start = 0
         for e, end in enumerate(offs.tolist()):
             if end > start:
                 if fast:
-                    out[start:end] = torch.ops.quantized.linear_dynamic(x[start:end], packs[e], REDUCE_RANGE)
+                    out[start:end] = _packed_forward(x[start:end], packs[e], None)
                 else:
                     out[start:end] = F.linear(x[start:end], (q[e].to(x.dtype) * scales[e, :, None].to(x.dtype)))
             start = end
