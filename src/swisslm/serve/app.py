@@ -293,7 +293,7 @@ class _Server:
                            f"{engine.max_queue}", param="n")
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-        seqs = [Sequence(ids, p, partial(_deliver, loop, q, i), self.tok, engine.eos_ids)
+        seqs = [Sequence(ids, p, partial(_deliver, loop, q, i), self.tok, engine.eos_ids, engine.device)
                 for i, (ids, p) in enumerate(jobs)]
         try:
             engine.submit(seqs)

@@ -113,7 +113,7 @@ class Sequence:
     """One generation stream (a request with n choices is n sequences)."""
 
     def __init__(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[TokenEvent], None],
-                 tokenizer: Any, eos_ids: list[int]) -> None:
+                 tokenizer: Any, eos_ids: list[int], device: torch.device | str = "cpu") -> None:
         self.prompt_ids = list(prompt_ids)
         self.params = params
         self.sink = sink
@@ -131,7 +131,7 @@ class Sequence:
         self.stops = StopStrings(params.stop)
         self.generator: torch.Generator | None = None
         if not params.greedy:
-            self.generator = torch.Generator()
+            self.generator = torch.Generator(device=device)  # on the logits' device (multinomial needs it)
             self.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
 
     def cancel(self) -> None:
