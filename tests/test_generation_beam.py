@@ -2,7 +2,7 @@
 """Beam search (and greedy) at parity with transformers' generate on tiny random models of
 three families: token-identical sequences and `sequences_scores` within 1e-4, batch 1 and 3,
 ragged (left-padded) batches, num_return_sequences, length_penalty / early_stopping variants,
-no_repeat_ngram_size and several EOS ids.
+no_repeat_ngram_size, min_new_tokens, repetition_penalty and several EOS ids.
 
 The EOS row of each model's output projection is pulled towards a common token's row so that
 hypotheses actually finish early: without that a random model almost never emits EOS and the
@@ -95,6 +95,8 @@ CASES = {
     "b3-beam3-lp2-never-ret3": (3, False, dict(num_beams=3, length_penalty=2.0, early_stopping="never",
                                                 num_return_sequences=3)),
     "b3-beam4-ngram2-2eos": (3, False, dict(num_beams=4, no_repeat_ngram_size=2, eos_token_id=[EOS, 7])),
+    "b3-beam4-min5-ragged": (3, True, dict(num_beams=4, min_new_tokens=5)),
+    "b3-greedy-min4-penalty": (3, False, dict(num_beams=1, min_new_tokens=4, repetition_penalty=1.3)),
 }
 
 

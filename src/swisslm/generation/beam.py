@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .generate import GenerationConfig, GenerationResult, prepare_cache
+from .generate import GenerationConfig, GenerationResult, mask_eos, prepare_cache
 from .sampling import process_logits
 
 _NEG = -1.0e9  # HF's "impossible" score
@@ -117,7 +117,7 @@ def beam_search(
     cur_len = T
     while True:
         V = logits.shape[-1]
-        log_probs = torch.log_softmax(logits, dim=-1)
+        log_probs = mask_eos(torch.log_softmax(logits, dim=-1), cfg, cur_len - T)
         if cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram_size or cfg.do_sample:
             flat = running_sequences[:, :, :cur_len].reshape(B * nb, cur_len)
             seen = ngram = None

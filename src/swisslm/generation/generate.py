@@ -38,6 +38,7 @@ class GenerationConfig:
     """Generation settings with HF's names and defaults."""
 
     max_new_tokens: int = 32
+    min_new_tokens: int = 0  # EOS is masked until this many tokens were generated (HF's MinNewTokens)
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int = 0
@@ -67,6 +68,8 @@ class GenerationConfig:
             self.stop = [self.stop]
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.min_new_tokens < 0:
+            raise ValueError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
         if self.do_sample and self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
@@ -139,6 +142,16 @@ class Step:
     logprob: torch.Tensor | None = None  # (N,)
     top_ids: torch.Tensor | None = None  # (N, k)
     top_logprobs: torch.Tensor | None = None  # (N, k)
+
+
+def mask_eos(logits: torch.Tensor, cfg: GenerationConfig, step: int) -> torch.Tensor:
+    """Before min_new_tokens tokens exist, EOS cannot be chosen (applied first, as HF's
+    MinNewTokensLengthLogitsProcessor precedes the sampling warpers)."""
+    if step >= cfg.min_new_tokens or not cfg.eos_token_id:
+        return logits
+    logits = logits.clone()
+    logits[:, cfg.eos_token_id] = float("-inf")
+    return logits
 
 
 def prepare_cache(model, batch: int, total_len: int) -> None:
@@ -291,8 +304,8 @@ def decode_steps(
             seen = torch.cat([torch.where(pad_prompt, seen_fill, ids), cur[:, T:]], 1)
         if cfg.no_repeat_ngram_size:
             ngram = torch.cat([ids.masked_fill(pad_prompt, -1), cur[:, T:]], 1)
-        scores = process_logits(logits, seen, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                                min_p=cfg.min_p, repetition_penalty=cfg.repetition_penalty,
+        scores = process_logits(mask_eos(logits, cfg, step), seen, temperature=cfg.temperature, top_k=cfg.top_k,
+                                top_p=cfg.top_p, min_p=cfg.min_p, repetition_penalty=cfg.repetition_penalty,
                                 do_sample=cfg.do_sample, no_repeat_ngram_size=cfg.no_repeat_ngram_size,
                                 ngram_seq=ngram)
         active = (~finished).tolist()
