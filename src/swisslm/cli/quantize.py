@@ -16,8 +16,8 @@ def register(sub) -> None:
     p.add_argument("src", help="HF folder or .gguf file ('default' = the embedded SmolLM2)")
     p.add_argument("dst", help="output folder")
     p.add_argument("--scheme", choices=["int8", "int4"], required=True)
-    p.add_argument("--group-size", type=int, choices=[32, 64, 128], default=64,
-                   help="int4: input columns per scale (default 64)")
+    p.add_argument("--group-size", type=int, choices=[32, 64, 128], default=32,
+                   help="int4: input columns per scale (default 32; the LM head stays int8)")
     p.add_argument("--no-head", action="store_true", help="keep the LM head in float")
     p.add_argument("--no-embeddings", action="store_true", help="keep the token embedding in float")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty DST")

@@ -78,7 +78,7 @@ def _empty_linear(lin: nn.Module, kind: str, group_size: int) -> nn.Module:
 def quantize_(
     model: nn.Module,
     scheme: str = "int8",
-    group_size: int = 64,
+    group_size: int = 32,
     head: bool = True,
     embeddings: bool = True,
 ) -> nn.Module:
@@ -87,8 +87,9 @@ def quantize_(
     Every nn.Linear of the layers (MoE routers excepted) becomes Int8Linear (per output channel)
     or Int4Linear (per group of `group_size` input columns; a layer whose width is not a multiple
     falls back to int8). MoE experts become int8 per expert per channel. `head` quantizes the LM
-    head (with the scheme); `embeddings` stores the token embedding int8 per row. With tied
-    embeddings and scheme int8, head and embedding share one int8 tensor.
+    head (int8 under both schemes); `embeddings` stores the token embedding int8 per row. With
+    tied embeddings head and embedding share one int8 tensor. int4's default group of 32 is
+    chosen by measurement: SmolLM2 perplexity +0.0% at 32 vs +36% at 64.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"quantization scheme must be one of {list(SCHEMES)}, got {scheme!r}")
@@ -101,7 +102,9 @@ def quantize_(
     tied = bool(cfg is not None and cfg.lm_head and cfg.tie_embeddings)
     for name in _linear_targets(model, head):
         lin = model.get_submodule(name)
-        q = _make_linear(lin, scheme, group_size)
+        # The LM head stays int8 under int4 (llama.cpp keeps output.weight at 6+ bits too): on
+        # SmolLM2 an int4 head alone moves perplexity by ~+14% (68.0 vs 60.0 at group 64).
+        q = _make_linear(lin, "int8" if name == "head.proj" else scheme, group_size)
         _set_module(model, name, q)
         modules[name] = "int4" if isinstance(q, Int4Linear) else "int8"
     for name, m in list(model.named_modules()):
@@ -112,7 +115,7 @@ def quantize_(
         emb = Int8Embedding.from_embedding(model.embed.word)
         model.embed.word = emb
         modules["embed.word"] = "int8_embedding"
-        if tied and modules.get("head.proj") == "int8":
+        if tied and modules.get("head.proj") == "int8" and isinstance(model.head.proj, Int8Linear):
             _tie_head(model)
             modules["head.proj"] = "tied"
     model.quantization = {"scheme": scheme, "group_size": group_size, "modules": modules}
