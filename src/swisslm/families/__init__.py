@@ -70,6 +70,21 @@ def hf_get(hf: dict[str, Any], key: str, default: Any = _REQUIRED) -> Any:
     return default
 
 
+def common_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    """The ModelConfig fields every family reads under the same config.json keys."""
+    return dict(
+        vocab_size=hf_get(hf, "vocab_size"),
+        hidden_size=hf_get(hf, "hidden_size"),
+        num_layers=hf_get(hf, "num_hidden_layers"),
+        num_heads=hf_get(hf, "num_attention_heads"),
+        intermediate_size=hf_get(hf, "intermediate_size"),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=hf.get("eos_token_id"),
+        pad_token_id=hf.get("pad_token_id"),
+        initializer_range=float(hf.get("initializer_range", 0.02)),
+    )
+
+
 class Family:
     """Base: subclasses set the class attributes and implement the two config adapters."""
 
@@ -89,3 +104,20 @@ class Family:
     @classmethod
     def weight_map(cls, cfg: ModelConfig) -> WeightMap:
         return cls.WEIGHT_MAP
+
+    @classmethod
+    def common_to_hf(cls, cfg: ModelConfig) -> dict[str, Any]:
+        """The inverse of `common_from_hf`, plus the keys that name the architecture."""
+        return {
+            "architectures": list(cls.architectures),
+            "model_type": cls.model_type,
+            "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.hidden_size,
+            "intermediate_size": cfg.intermediate_size,
+            "num_hidden_layers": cfg.num_layers,
+            "num_attention_heads": cfg.num_heads,
+            "bos_token_id": cfg.bos_token_id,
+            "eos_token_id": cfg.eos_token_id,
+            "pad_token_id": cfg.pad_token_id,
+            "initializer_range": cfg.initializer_range,
+        }

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..config import ConfigError, ModelConfig
 from ..io.weight_map import Part, WeightMap
-from . import Family, hf_get, register_family
+from . import Family, common_from_hf, hf_get, register_family
 from .llama import _ACT_BACK, activation_from_hf, qkv_sizes
 
 _L = "encoder.layer.{layer}."
@@ -65,11 +65,7 @@ class Bert(Family):
             raise ConfigError("BERT as a decoder (is_decoder / add_cross_attention) is not supported")
         return ModelConfig(
             family=cls.name,
-            vocab_size=hf_get(hf, "vocab_size"),
-            hidden_size=hf_get(hf, "hidden_size"),
-            num_layers=hf_get(hf, "num_hidden_layers"),
-            num_heads=hf_get(hf, "num_attention_heads"),
-            intermediate_size=hf_get(hf, "intermediate_size"),
+            **common_from_hf(hf),
             max_position_embeddings=hf_get(hf, "max_position_embeddings", 512),
             norm="layernorm",
             norm_eps=float(hf_get(hf, "layer_norm_eps", 1e-12)),
@@ -84,29 +80,17 @@ class Bert(Family):
             mlp_bias=True,
             activation=activation_from_hf(hf, "hidden_act"),
             lm_head=False,
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_id=hf.get("eos_token_id"),
-            pad_token_id=hf.get("pad_token_id"),
-            initializer_range=float(hf.get("initializer_range", 0.02)),
         )
 
     @classmethod
     def config_to_hf(cls, cfg: ModelConfig) -> dict[str, Any]:
         return {
-            "architectures": list(cls.architectures),
-            "model_type": cls.model_type,
-            "vocab_size": cfg.vocab_size,
-            "hidden_size": cfg.hidden_size,
-            "intermediate_size": cfg.intermediate_size,
-            "num_hidden_layers": cfg.num_layers,
-            "num_attention_heads": cfg.num_heads,
+            **cls.common_to_hf(cfg),
             "hidden_act": _ACT_BACK[cfg.activation],
             "max_position_embeddings": cfg.max_position_embeddings,
             "type_vocab_size": cfg.type_vocab_size,
             "layer_norm_eps": cfg.norm_eps,
             "position_embedding_type": "absolute",
-            "pad_token_id": cfg.pad_token_id,
-            "initializer_range": cfg.initializer_range,
         }
 
 

@@ -16,7 +16,7 @@ import torch
 
 from ..config import ConfigError, ModelConfig
 from ..io.weight_map import Transform, WeightMap
-from . import Family, hf_get, register_family
+from . import Family, common_from_hf, hf_get, register_family
 from .llama import _ACT_BACK, activation_from_hf
 
 
@@ -77,11 +77,7 @@ class GPTNeoX(Family):
         bias = bool(hf.get("attention_bias", True))
         return ModelConfig(
             family=cls.name,
-            vocab_size=hf_get(hf, "vocab_size"),
-            hidden_size=hf_get(hf, "hidden_size"),
-            num_layers=hf_get(hf, "num_hidden_layers"),
-            num_heads=hf_get(hf, "num_attention_heads"),
-            intermediate_size=hf_get(hf, "intermediate_size"),
+            **common_from_hf(hf),
             max_position_embeddings=hf_get(hf, "max_position_embeddings", 2048),
             norm="layernorm",
             norm_eps=float(hf_get(hf, "layer_norm_eps", 1e-5)),
@@ -94,10 +90,6 @@ class GPTNeoX(Family):
             activation=activation_from_hf(hf, "hidden_act"),
             parallel_residual=bool(hf.get("use_parallel_residual", True)),
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_id=hf.get("eos_token_id"),
-            pad_token_id=hf.get("pad_token_id"),
-            initializer_range=float(hf.get("initializer_range", 0.02)),
         )
 
     @classmethod
@@ -105,13 +97,7 @@ class GPTNeoX(Family):
         if cfg.num_kv_heads != cfg.num_heads or cfg.head_dim * cfg.num_heads != cfg.hidden_size:
             raise ConfigError("GPT-NeoX needs num_kv_heads == num_heads and head_dim == hidden_size / num_heads")
         return {
-            "architectures": list(cls.architectures),
-            "model_type": cls.model_type,
-            "vocab_size": cfg.vocab_size,
-            "hidden_size": cfg.hidden_size,
-            "intermediate_size": cfg.intermediate_size,
-            "num_hidden_layers": cfg.num_layers,
-            "num_attention_heads": cfg.num_heads,
+            **cls.common_to_hf(cfg),
             "hidden_act": _ACT_BACK[cfg.activation],
             "max_position_embeddings": cfg.max_position_embeddings,
             "layer_norm_eps": cfg.norm_eps,
@@ -120,10 +106,6 @@ class GPTNeoX(Family):
             "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta,
                                 "partial_rotary_factor": cfg.rotary_pct},
             "tie_word_embeddings": cfg.tie_embeddings,
-            "bos_token_id": cfg.bos_token_id,
-            "eos_token_id": cfg.eos_token_id,
-            "pad_token_id": cfg.pad_token_id,
-            "initializer_range": cfg.initializer_range,
         }
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config import ConfigError, ModelConfig
 from ..io.weight_map import Part, WeightMap
-from . import Family, hf_get, register_family
+from . import Family, common_from_hf, hf_get, register_family
 
 _ACT = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
         "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
@@ -91,13 +91,9 @@ class Llama(Family):
         attn_bias = bool(hf.get("attention_bias", False))
         return ModelConfig(
             family=cls.name,
-            vocab_size=hf_get(hf, "vocab_size"),
-            hidden_size=hf_get(hf, "hidden_size"),
-            num_layers=hf_get(hf, "num_hidden_layers"),
-            num_heads=heads,
+            **common_from_hf(hf),
             num_kv_heads=hf_get(hf, "num_key_value_heads", heads),
             head_dim=hf.get("head_dim"),
-            intermediate_size=hf_get(hf, "intermediate_size"),
             max_position_embeddings=hf_get(hf, "max_position_embeddings", 2048),
             norm_eps=float(hf_get(hf, "rms_norm_eps", 1e-6)),
             attn_bias=attn_bias,
@@ -107,22 +103,12 @@ class Llama(Family):
             rope_theta=theta,
             rope_scaling=scaling,
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_id=hf.get("eos_token_id"),
-            pad_token_id=hf.get("pad_token_id"),
-            initializer_range=float(hf.get("initializer_range", 0.02)),
         )
 
     @classmethod
     def config_to_hf(cls, cfg: ModelConfig) -> dict[str, Any]:
         return {
-            "architectures": list(cls.architectures),
-            "model_type": cls.model_type,
-            "vocab_size": cfg.vocab_size,
-            "hidden_size": cfg.hidden_size,
-            "intermediate_size": cfg.intermediate_size,
-            "num_hidden_layers": cfg.num_layers,
-            "num_attention_heads": cfg.num_heads,
+            **cls.common_to_hf(cfg),
             "num_key_value_heads": cfg.num_kv_heads,
             "head_dim": cfg.head_dim,
             "hidden_act": _ACT_BACK[cfg.activation],
@@ -131,10 +117,6 @@ class Llama(Family):
             "attention_bias": cfg.attn_bias,
             "mlp_bias": cfg.mlp_bias,
             "tie_word_embeddings": cfg.tie_embeddings,
-            "bos_token_id": cfg.bos_token_id,
-            "eos_token_id": cfg.eos_token_id,
-            "pad_token_id": cfg.pad_token_id,
-            "initializer_range": cfg.initializer_range,
             **rope_to_hf(cfg),
         }
 
