@@ -35,7 +35,7 @@ def child(side: str, new_tokens: int, threads: int) -> dict:
         load_s = time.perf_counter() - t0
 
         def gen(n):
-            return model.generate(ids, max_new_tokens=n, eos_token_id=[])
+            return model.generate(ids, max_new_tokens=n, min_new_tokens=n)
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
