@@ -38,3 +38,13 @@ def minilm_path():
         return minilm_path()
     except CheckpointError as e:
         pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: on a shared 2-core machine two OpenMP threads stall each
+    other (10x slower under load), and for tiny models a second thread buys little anyway."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -8,21 +8,13 @@ import io
 import json
 
 import pytest
-import torch
 
 from swisslm.cli import main
 
 PROMPT = "The capital of France is"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One thread: on a shared 2-core machine two OpenMP threads stall each other (10x slower
-    under load), and for these sizes a second thread buys little anyway."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -13,15 +13,7 @@ import swisslm
 from swisslm.config import ModelConfig
 from swisslm.generation import encode_pair, loglikelihood
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One thread: on a shared 2-core machine two OpenMP threads stall each other (10x slower
-    under load), and for these sizes a second thread buys little anyway."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

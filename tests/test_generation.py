@@ -22,13 +22,7 @@ from swisslm.generation import GenerationConfig, StopStrings, TextDeltas, run, s
 VOCAB, EOS, PAD = 128, 2, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is faster than two (no OpenMP hand-offs for microsecond matmuls)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -37,13 +37,7 @@ def _granite():
     return transformers.GraniteForCausalLM(cfg)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is faster than two (no OpenMP hand-offs for microsecond matmuls)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FAMILIES = {"llama-gqa": _llama, "gpt-neox": _gpt_neox, "granite-tied": _granite}

@@ -27,14 +27,7 @@ TEXT = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One thread: on a shared 2-core machine two OpenMP threads stall each other (10x slower
-    under load), and for these sizes a second thread buys little anyway."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def guide_perplexity(hf_model, ids: torch.Tensor, max_length: int, stride: int) -> float:
