@@ -87,7 +87,6 @@ class CompiledMap:
         out: dict[str, torch.Tensor] = {}
         problems: list[str] = []
         pending: dict[str, dict[tuple[int, int], torch.Tensor]] = defaultdict(dict)
-        expected: dict[str, tuple[Part | None, bool]] = {}
         for name, tensor in tensors:
             hit = self.match_hf(name)
             if hit is None:
@@ -105,25 +104,24 @@ class CompiledMap:
             part = target if isinstance(target, Part) else None
             key = (part.index if part else 0, int(groups["expert"]) if stacked else 0)
             pending[dest_name][key] = tensor
-            expected[dest_name] = (part, stacked)
             n_parts = len(part.sizes(cfg)) if part else 1
             n_exp = cfg.num_experts if stacked else 1
             if len(pending[dest_name]) == n_parts * n_exp:  # complete: assemble now, free pieces
-                out[dest_name] = self._assemble(pending.pop(dest_name), part, n_parts, n_exp, stacked, cfg, target)
+                t = self._assemble(pending.pop(dest_name), part, n_parts, n_exp if stacked else 0)
+                # to_hf applies a Transform to the stacked tensor, so its inverse comes after stacking
+                out[dest_name] = target.to_ours(t, cfg) if isinstance(target, Transform) else t
         for dest_name, pieces in pending.items():
             problems.append(f"incomplete fused tensor {dest_name!r} (got pieces {sorted(pieces)})")
         return out, problems
 
     @staticmethod
-    def _assemble(pieces, part, n_parts, n_exp, stacked, cfg, target):
-        parts = []
-        for p in range(n_parts):
-            if stacked:
-                parts.append(torch.stack([pieces[(p, e)] for e in range(n_exp)]))  # (E, out, in)
-            else:
-                parts.append(pieces[(p, 0)])
-        t = torch.cat(parts, dim=part.dim) if part and n_parts > 1 else parts[0]
-        return t
+    def _assemble(pieces, part: Part | None, n_parts: int, n_exp: int) -> torch.Tensor:
+        """Stack each part over experts (n_exp > 0) into (E, out, in), then concatenate the parts."""
+        parts = [
+            torch.stack([pieces[(p, e)] for e in range(n_exp)]) if n_exp else pieces[(p, 0)]
+            for p in range(n_parts)
+        ]
+        return torch.cat(parts, dim=part.dim) if part and n_parts > 1 else parts[0]
 
     # -- ours -> HF ----------------------------------------------------------------------
     def to_hf(self, state: dict[str, torch.Tensor], cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
