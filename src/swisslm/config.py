@@ -67,6 +67,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     head_bias: bool = False
     lm_head: bool = True  # False for encoders (BERT): forward returns hidden states only
+    pooler: bool = False  # BERT: pooler.dense + tanh on the first token -> pooler_output
     embedding_multiplier: float = 1.0  # Granite
     residual_multiplier: float = 1.0  # Granite
     logits_scaling: float = 1.0  # Granite: logits are divided by it
@@ -111,6 +112,9 @@ class ModelConfig:
             )
         if not 0.0 < self.rotary_pct <= 1.0:
             raise ConfigError(f"rotary_pct must be in (0, 1], got {self.rotary_pct}")
+        if self.position == "rope" and self.rotary_dim + self.rotary_dim % 2 > self.head_dim:
+            raise ConfigError(f"rotary width int(head_dim * rotary_pct) = {self.rotary_dim} is odd and rotates "
+                              f"{self.rotary_dim + 1} channels, more than head_dim ({self.head_dim})")
         if self.num_experts and not 0 < self.num_experts_per_tok <= self.num_experts:
             raise ConfigError(
                 f"num_experts_per_tok ({self.num_experts_per_tok}) must be in 1..num_experts"
@@ -124,8 +128,9 @@ class ModelConfig:
     # -- derived values used by the backbone ---------------------------------------------
     @property
     def rotary_dim(self) -> int:
-        # NeoX: int(head_dim * rotary_pct), rounded down to an even width.
-        return int(self.head_dim * self.rotary_pct) // 2 * 2
+        # int(head_dim * rotary_pct) as transformers computes it; an odd width d gets ceil(d / 2)
+        # frequencies (exponents over d), so it rotates d + 1 channels (rope.py), as HF's NeoX does.
+        return int(self.head_dim * self.rotary_pct)
 
     @property
     def scale(self) -> float:

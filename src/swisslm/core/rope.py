@@ -38,7 +38,7 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 
 def rope_cos_sin(inv_freq: torch.Tensor, position_ids: torch.Tensor, dtype: torch.dtype):
-    """position_ids (B, T) -> cos, sin of shape (B, 1, T, rotary_dim)."""
+    """position_ids (B, T) -> cos, sin of shape (B, 1, T, 2 * len(inv_freq)) (rotary_dim rounded up to even)."""
     freqs = position_ids[:, :, None].float() * inv_freq[None, None, :]  # (B, T, rd/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, rd)
     return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]

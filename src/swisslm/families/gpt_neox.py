@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """GPT-NeoX / Pythia (https://huggingface.co/EleutherAI/pythia-160m/blob/main/config.json).
 
-LayerNorm with bias, partial rotary (`rotary_pct`, 0.25 in Pythia), parallel residual
+LayerNorm with bias, partial rotary (`rotary_pct`, 0.25 in Pythia; rotary width
+int(head_dim * rotary_pct) as transformers computes it, an odd width rotating one channel more with
+frequency exponents over the odd width, as HF's inv_freq / cat(freqs, freqs) do), parallel residual
 (x + attn(ln1(x)) + mlp(ln2(x))) or sequential, biased attention and GELU MLP, untied
 `embed_out`. The fused `query_key_value` stores its rows per head as (H, 3, D): the map
 de-interleaves it into our [q; k; v] rows (CT2: `reshape(H, 3, -1, C).swapaxes(0, 1)`), and the
