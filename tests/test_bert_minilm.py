@@ -47,6 +47,26 @@ def test_embeddings_match_transformers_mean_pooling(minilm, minilm_path):
     torch.testing.assert_close(alone[0], ours[4], atol=1e-5, rtol=1e-5)
 
 
+def test_pooler_output_matches_transformers_and_survives_export(minilm, minilm_path, tmp_path):
+    """The real checkpoint's pooler (pooler.dense, tanh on [CLS]) is loaded, gives transformers'
+    pooler_output, and is exported: BertModel loads our folder with nothing newly initialised."""
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_path)
+    hf = transformers.BertModel.from_pretrained(minilm_path).eval()
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        theirs = hf(**enc)
+        mine = minilm(enc["input_ids"], attention_mask=enc["attention_mask"], token_type_ids=enc["token_type_ids"])
+    assert mine.pooler_output.shape == (len(TEXTS), 384)
+    assert (theirs.pooler_output - mine.pooler_output).abs().max().item() <= 1e-5
+    minilm.save_pretrained(tmp_path)
+    back, info = transformers.BertModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.values()), info
+    with torch.no_grad():
+        again = back.eval()(**enc)
+    assert (again.pooler_output - theirs.pooler_output).abs().max().item() <= 1e-5
+    assert (again.last_hidden_state - theirs.last_hidden_state).abs().max().item() <= 1e-4
+
+
 def test_long_text_truncated_to_max_seq_length(minilm):
     long = " ".join(["word"] * 600)
     v = sentence_embeddings(minilm, minilm.tokenizer, [long])

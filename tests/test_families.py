@@ -65,13 +65,22 @@ CASES = {
         "rot0.5-sequential-nobias": ("GPTNeoXConfig", "GPTNeoXForCausalLM",
                                      dict(intermediate_size=64, rotary_pct=0.5, use_parallel_residual=False,
                                           attention_bias=False)),
+        # head_dim 10: int(10 * pct) = 2 (even), 3 and 5 (odd: HF's inv_freq has ceil(d/2) entries
+        # with exponents over d, so d + 1 channels rotate) and 0 (no channel rotates).
+        **{f"hd10-rot{pct}": ("GPTNeoXConfig", "GPTNeoXForCausalLM",
+                              dict(hidden_size=40, intermediate_size=64, rotary_pct=pct,
+                                   use_parallel_residual=pct != 0.5))
+           for pct in (0.25, 0.3, 0.5, 0.05)},
     },
     "bert": {
         "types2": ("BertConfig", "BertModel", dict(intermediate_size=64, type_vocab_size=2, pad_token_id=0)),
         "types1-relu": ("BertConfig", "BertModel",
                         dict(intermediate_size=64, type_vocab_size=1, hidden_act="relu", pad_token_id=0)),
+        "no-pooler": ("BertConfig", "BertModel", dict(intermediate_size=64, pad_token_id=0)),
     },
 }
+# constructor arguments that are not config values
+MODEL_KWARGS = {("bert", "no-pooler"): dict(add_pooling_layer=False)}
 PARAMS = [pytest.param((fam, shape), id=f"{fam}-{shape}") for fam in CASES for shape in CASES[fam]]
 ENCODERS = {"bert"}
 
@@ -80,7 +89,7 @@ def make_hf(family: str, shape: str):
     cfg_cls, model_cls, kw = CASES[family][shape]
     cfg = getattr(transformers, cfg_cls)(**{**BASE, **kw})
     torch.manual_seed(0)
-    model = getattr(transformers, model_cls)(cfg).eval()
+    model = getattr(transformers, model_cls)(cfg, **MODEL_KWARGS.get((family, shape), {})).eval()
     if family in ("granite_moe", "granite_moe_shared", "olmoe"):
         with torch.no_grad():  # HF zero/normal-inits routers; make routing decisive and varied
             for name, p in model.named_parameters():
@@ -114,11 +123,16 @@ def test_forward(pair):
         types = torch.zeros_like(ids)
         types[:, 9:] = 1 if hf.config.type_vocab_size > 1 else 0
         with torch.no_grad():
-            theirs = hf(ids, attention_mask=mask, token_type_ids=types).last_hidden_state
-            mine = ours(ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+            theirs = hf(ids, attention_mask=mask, token_type_ids=types)
+            mine = ours(ids, attention_mask=mask, token_type_ids=types)
         assert ours(ids).logits is None
-        diff = (theirs - mine)[mask.bool()].abs().max().item()
+        diff = (theirs.last_hidden_state - mine.last_hidden_state)[mask.bool()].abs().max().item()
         assert diff <= 1e-4, f"hidden states max abs diff {diff}"
+        if theirs.pooler_output is None:
+            assert mine.pooler_output is None and not hasattr(ours, "pooler")
+        else:
+            diff = (theirs.pooler_output - mine.pooler_output).abs().max().item()
+            assert diff <= 1e-5, f"pooler_output max abs diff {diff}"
         return
     assert_logits_match(hf, ours, ids)
 
@@ -156,14 +170,16 @@ def test_export_roundtrip(pair, tmp_path):
         assert_export_roundtrip(ours, type(hf), tmp_path, ids)
     else:
         ours.save_pretrained(tmp_path)
-        back = type(hf).from_pretrained(tmp_path).eval()
+        has_pooler = hf.pooler is not None
+        back, info = type(hf).from_pretrained(tmp_path, add_pooling_layer=has_pooler, output_loading_info=True)
+        assert not any(info.values()), info  # nothing missing (newly initialised) or unexpected
         with torch.no_grad():
-            diff = (back(ids).last_hidden_state - ours(ids).last_hidden_state).abs().max().item()
-        assert diff <= 1e-4
-    theirs = tensor_shapes(ours.hf_folder)
-    if family in ENCODERS:  # the pooler is not part of our encoder (documented in families/bert.py)
-        theirs = {k: v for k, v in theirs.items() if not k.startswith("pooler.")}
-    assert tensor_shapes(tmp_path) == theirs
+            a, b = back.eval()(ids), ours(ids)
+        assert (a.last_hidden_state - b.last_hidden_state).abs().max().item() <= 1e-4
+        if has_pooler:
+            assert (a.pooler_output - b.pooler_output).abs().max().item() <= 1e-5
+    # exactly the names and shapes transformers writes (pooler.dense.* iff the source had them)
+    assert tensor_shapes(tmp_path) == tensor_shapes(ours.hf_folder)
 
 
 def test_padded_batch_matches_hf(pair):
@@ -223,6 +239,37 @@ def test_granite_is_llama_plus_four_values():
     assert (cfg.embedding_multiplier, cfg.attn_scale, cfg.residual_multiplier, cfg.logits_scaling) == (
         12.0, 0.0625, 0.22, 4.0)
     assert {k: v for k, v in granite.config_to_hf(cfg).items() if k in GRANITE_MULT} == GRANITE_MULT
+
+
+def test_neox_odd_rotary_width_wider_than_head_errors_like_transformers(tmp_path):
+    """head_dim 9, rotary_pct 1.0: HF's odd width 9 rotates 10 channels and its forward fails on a
+    shape mismatch; we refuse the config on load with one line naming the widths."""
+    import swisslm
+
+    hf = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+        **{**BASE, "hidden_size": 36, "intermediate_size": 16, "rotary_pct": 1.0})).eval()
+    with pytest.raises(RuntimeError, match="size of tensor"):
+        hf(random_ids(V))
+    hf.save_pretrained(tmp_path)
+    with pytest.raises(swisslm.ConfigError, match=r"= 9 is odd and rotates 10 channels.*head_dim \(9\)") as e:
+        swisslm.AutoModel.from_pretrained(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_bert_half_a_pooler_is_a_weight_problem(tmp_path):
+    """A pooler with its bias missing is an error naming it, not a silently random bias."""
+    from safetensors.torch import load_file, save_file
+
+    import swisslm
+    from swisslm.io.errors import CheckpointError
+
+    make_hf("bert", "types2").save_pretrained(tmp_path)
+    f = next(tmp_path.glob("*.safetensors"))
+    state = load_file(f)
+    del state["pooler.dense.bias"]
+    save_file(state, f, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="missing tensor for 'pooler.dense.bias'"):
+        swisslm.AutoModel.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize("family", sorted(CASES))

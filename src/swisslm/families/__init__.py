@@ -106,6 +106,17 @@ class Family:
         return cls.WEIGHT_MAP
 
     @classmethod
+    def config_from_weights(cls, cfg: ModelConfig, names: set[str]) -> ModelConfig:
+        """Adjust `cfg` to what only the checkpoint's tensors tell (our names after mapping), e.g.
+        BERT's pooler: BertModel(add_pooling_layer=False) writes the same config.json."""
+        return cfg
+
+    @classmethod
+    def attach_modules(cls, model: Any) -> None:
+        """Called once the backbone is built (on meta): add family-owned modules outside the shared
+        stack (BERT's pooler). Their parameters load and export like the backbone's."""
+
+    @classmethod
     def common_to_hf(cls, cfg: ModelConfig) -> dict[str, Any]:
         """The inverse of `common_from_hf`, plus the keys that name the architecture."""
         return {

@@ -7,21 +7,49 @@ Word + absolute-position + token-type embeddings with a LayerNorm, post-norm blo
 attention with a padding mask, no LM head: the model returns hidden states. Sentence
 embeddings are mean-pooled (mixins/pooling.py).
 
-The pooler (`pooler.dense`, tanh on the [CLS] state, BertModel's `pooler_output`) is not part of
-the backbone: it is dropped on load, so an exported folder lacks it and transformers initialises
-it randomly (last_hidden_state, which embeddings use, is unaffected).
+BertModel's pooler (`pooler.dense`, tanh on the first ([CLS]) token's state) is a family-owned
+module `model.pooler`, outside the shared stack: the forward of a BERT model returns an
+`EncoderOutput`, the backbone's ModelOutput plus `pooler_output` (B, C), None when the checkpoint
+has no pooler. transformers' config.json does not say whether there is one
+(BertModel(add_pooling_layer=False) writes the same config), so the tensors decide on load and
+the export writes `pooler.dense.*` exactly when the source had them.
 """
 
 from __future__ import annotations
 
+from collections import namedtuple
 from typing import Any
 
+import torch
+from torch import nn
+
 from ..config import ConfigError, ModelConfig
+from ..core.backbone import ModelOutput
 from ..io.weight_map import Part, WeightMap
 from . import Family, common_from_hf, hf_get, register_family
 from .llama import _ACT_BACK, activation_from_hf, qkv_sizes
 
 _L = "encoder.layer.{layer}."
+
+# ModelOutput's fields plus HF's `pooler_output` (derived, so a field added to ModelOutput carries over).
+EncoderOutput = namedtuple("EncoderOutput", [*ModelOutput._fields, "pooler_output"])
+
+
+class BertPooler(nn.Module):
+    """HF's BertPooler: tanh(dense(h[:, 0])), the first token whatever the padding."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(h[:, 0]))  # (B, C)
+
+
+def _add_pooler_output(model: nn.Module, args: Any, out: ModelOutput) -> EncoderOutput:
+    """Forward hook: the backbone's output plus `pooler_output` (None without a pooler)."""
+    pooler = getattr(model, "pooler", None)
+    return EncoderOutput(*out, pooler(out.last_hidden_state) if pooler is not None else None)
 
 
 class Bert(Family):
@@ -52,8 +80,8 @@ class Bert(Family):
         _L + "output.dense.bias": "layers.{layer}.mlp.down.bias",
         _L + "output.LayerNorm.weight": "layers.{layer}.norm_mlp.weight",
         _L + "output.LayerNorm.bias": "layers.{layer}.norm_mlp.bias",
-        "pooler.dense.weight": None,
-        "pooler.dense.bias": None,
+        "pooler.dense.weight": "pooler.dense.weight",
+        "pooler.dense.bias": "pooler.dense.bias",
     }
 
     @classmethod
@@ -80,7 +108,21 @@ class Bert(Family):
             mlp_bias=True,
             activation=activation_from_hf(hf, "hidden_act"),
             lm_head=False,
+            pooler=True,  # BertModel's default (add_pooling_layer=True); config_from_weights corrects it
         )
+
+    @classmethod
+    def config_from_weights(cls, cfg: ModelConfig, names: set[str]) -> ModelConfig:
+        has = {"pooler.dense.weight", "pooler.dense.bias"} & names
+        if len(has) == 1:  # let the loader's shape/missing check name the absent half
+            return cfg.replace(pooler=True)
+        return cfg.replace(pooler=bool(has))
+
+    @classmethod
+    def attach_modules(cls, model: Any) -> None:
+        if model.config.pooler:
+            model.pooler = BertPooler(model.config)
+        model.register_forward_hook(_add_pooler_output)
 
     @classmethod
     def config_to_hf(cls, cfg: ModelConfig) -> dict[str, Any]:

@@ -105,7 +105,9 @@ def fill_model(model: Transformer, state: dict[str, torch.Tensor], problems: lis
 
 def build_on_meta(cfg: ModelConfig, model_cls: type[M]) -> M:
     with torch.device("meta"):
-        return model_cls(cfg)
+        model = model_cls(cfg)
+        get_family(cfg.family).attach_modules(model)
+        return model
 
 
 def materialize_buffers(model: Transformer, device: torch.device | str) -> None:
@@ -133,8 +135,9 @@ def load_model(
         return load_quantized(Path(path), hf, tensors, tokenizer, torch_dtype, device, model_cls)
     family = family_for_hf_config(hf)
     cfg = family.config_from_hf(hf)
-    model = build_on_meta(cfg, model_cls)
     state, problems = CompiledMap(family.weight_map(cfg)).to_ours(_cast(tensors, torch_dtype), cfg)
+    cfg = family.config_from_weights(cfg, set(state))
+    model = build_on_meta(cfg, model_cls)
     fill_model(model, state, problems, str(path))
     materialize_buffers(model, "cpu")
     model.to(device)
