@@ -9,6 +9,7 @@ import torch
 
 import swisslm
 from swisslm import ModelConfig
+from swisslm.core.linear import Linear
 from swisslm.finetune.merge import merge_lora
 from swisslm.mixins import LoRAMixin, trainable_parameters
 from swisslm.mixins.lora import LoRALinear
@@ -123,7 +124,7 @@ def test_merge_equals_base_plus_adapter_and_restores_plain_linears():
     with torch.no_grad():
         adapted = model(ids).logits.clone()
     merge_lora(model)
-    assert not model.mixins and type(model.layers[0].attn.qkv) is torch.nn.Linear
+    assert not model.mixins and type(model.layers[0].attn.qkv) is Linear
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, adapted, atol=1e-5, rtol=1e-5)
 
@@ -199,5 +200,5 @@ def test_qlora_frozen_quantized_base_float_adapters(scheme):
     with torch.no_grad():
         adapted = model(ids).logits
         merge_lora(model)
-        assert type(model.layers[0].attn.qkv) is torch.nn.Linear
+        assert type(model.layers[0].attn.qkv) is Linear
         torch.testing.assert_close(model(ids).logits, adapted, atol=1e-4, rtol=1e-4)

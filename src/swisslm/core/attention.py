@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..config import ModelConfig
 from .kv_cache import KVCache
+from .linear import Linear
 from .norms import RMSNorm
 from .rope import apply_rotary, no_rotary
 from .slots import set_slot
@@ -28,7 +30,12 @@ def sdpa_attention(
     scale: float,
     is_causal: bool,
 ) -> torch.Tensor:
-    """q (B, H, T, D), k/v (B, H_kv, S, D), mask bool (B, 1, T, S) True = attend."""
+    """q (B, H, T, D), k/v (B, H_kv, S, D), mask bool (B, 1, T, S) True = attend.
+    A one-token CPU step runs swisslm's decode kernel, which reads only the cached keys the
+    mask lets through; SDPA reads the whole static cache."""
+    if (q.shape[2] == 1 and kernels.ops_ok(q) and kernels.ops_ok(k) and kernels.ops_ok(v)
+            and (mask is None or mask.dtype == torch.bool)):
+        return kernels.decode_attention(q, k, v, mask, scale)
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, scale=scale, is_causal=is_causal and mask is None,
         enable_gqa=q.shape[1] != k.shape[1],
@@ -91,8 +98,8 @@ class Attention(nn.Module):
         self.q_size, self.kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         self.scale = cfg.scale
         self.causal = cfg.causal
-        self.qkv = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attn_bias)
-        self.out = nn.Linear(self.q_size, cfg.hidden_size, bias=cfg.attn_out_bias)
+        self.qkv = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attn_bias)
+        self.out = Linear(self.q_size, cfg.hidden_size, bias=cfg.attn_out_bias)
         self.cache: KVCache | None = None
         has_transform = cfg.qk_norm != "none" or cfg.clip_qkv is not None
         if has_transform:
@@ -102,9 +109,25 @@ class Attention(nn.Module):
         set_slot(self, "position_embedding", apply_rotary if cfg.position == "rope" else no_rotary)
         set_slot(self, "attention_fn", sdpa_attention)
 
+    def _fused_step_ok(self, qkv: torch.Tensor, rope, mask) -> bool:
+        """Whether a one-token cached step may run as one fused kernel call: only while the
+        slots it fuses hold their defaults (a mixin in any of them gets the generic path)."""
+        return (self.qkv_transform_impl is _identity_qkv and self.attention_fn_impl is sdpa_attention
+                and (self.position_embedding_impl is no_rotary
+                     or (self.position_embedding_impl is apply_rotary and rope is not None))
+                and kernels.ops_ok(qkv) and self.cache.k.dtype == torch.float32
+                and self.cache.k.stride(-1) == 1 and self.cache.k.stride() == self.cache.v.stride()
+                and (mask is None or mask.dtype == torch.bool))
+
     def forward(self, x, rope, mask, input_pos):
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        qkv = self.qkv(x)
+        if T == 1 and input_pos is not None and self._fused_step_ok(qkv, rope, mask):
+            y = kernels.attention_step(qkv, self.n_heads, self.n_kv, self.head_dim,
+                                       rope if self.position_embedding_impl is apply_rotary else None,
+                                       self.cache.k, self.cache.v, input_pos, mask, self.scale)
+            return self.out(y)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q, k, v = self.qkv_transform_impl(q, k, v)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)

@@ -16,6 +16,7 @@ from torch import nn
 from ..config import ModelConfig
 from .attention import Attention
 from .kv_cache import KVCache
+from .linear import Linear
 from .mlp import build_mlp
 from .norms import build_norm
 from .rope import rope_cos_sin, rope_inv_freq
@@ -63,7 +64,7 @@ class Embeddings(nn.Module):
 class Head(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.proj = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=cfg.head_bias)
+        self.proj = Linear(cfg.hidden_size, cfg.vocab_size, bias=cfg.head_bias)
         self.logits_scaling = cfg.logits_scaling  # Granite divides logits by it
 
     def forward(self, h):

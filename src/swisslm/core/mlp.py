@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..config import ModelConfig
+from .linear import Linear
 
 ACTIVATIONS = {
     "silu": F.silu,
@@ -24,11 +26,14 @@ class GatedMLP(nn.Module):
         super().__init__()
         self.inter = inter
         self.act = ACTIVATIONS[activation]
-        self.gate_up = nn.Linear(hidden, 2 * inter, bias=bias)
-        self.down = nn.Linear(inter, hidden, bias=bias)
+        self.gate_up = Linear(hidden, 2 * inter, bias=bias)
+        self.down = Linear(inter, hidden, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).split(self.inter, dim=-1)
+        h = self.gate_up(x)
+        if self.act is F.silu and kernels.ops_ok(h):
+            return self.down(kernels.silu_mul(h))  # decode: one call for split + silu + mul
+        gate, up = h.split(self.inter, dim=-1)
         return self.down(self.act(gate) * up)
 
 
@@ -36,8 +41,8 @@ class PlainMLP(nn.Module):
     def __init__(self, hidden: int, inter: int, activation: str, bias: bool = True) -> None:
         super().__init__()
         self.act = ACTIVATIONS[activation]
-        self.up = nn.Linear(hidden, inter, bias=bias)
-        self.down = nn.Linear(inter, hidden, bias=bias)
+        self.up = Linear(hidden, inter, bias=bias)
+        self.down = Linear(inter, hidden, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(self.act(self.up(x)))

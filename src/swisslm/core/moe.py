@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from .linear import Linear
 from .mlp import ACTIVATIONS, GatedMLP
 
 # -- grouped matmul ------------------------------------------------------------------------
@@ -140,7 +141,7 @@ class MoE(nn.Module):
         self.num_layers = cfg.num_layers  # for the depth-scaled init of `down`
         self.norm_topk_prob = cfg.norm_topk_prob
         self.act = ACTIVATIONS[cfg.activation]
-        self.router = nn.Linear(C, E, bias=False)
+        self.router = Linear(C, E, bias=False)
         self.gate_up = nn.Parameter(torch.empty(E, 2 * I, C))  # (E, 2I, C): [gate; up] rows
         self.down = nn.Parameter(torch.empty(E, C, I))  # (E, C, I)
         self.has_shared = cfg.shared_expert_intermediate_size > 0

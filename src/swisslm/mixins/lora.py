@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.linear import Linear
 from ..core.slots import Mixin
 
 DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "v_proj")  # PEFT's default for Llama-style models
@@ -281,7 +282,7 @@ class LoRALinear(nn.Module):
             base.weight += self.delta_weight().to(base.weight.dtype)
             return base
         w = base.dequantize()
-        lin = nn.Linear(self.in_features, self.out_features, bias=getattr(base, "bias", None) is not None,
+        lin = Linear(self.in_features, self.out_features, bias=getattr(base, "bias", None) is not None,
                         device=w.device, dtype=self.lora_a.dtype)
         lin.weight.copy_(w.to(lin.weight.dtype) + self.delta_weight())
         if lin.bias is not None:

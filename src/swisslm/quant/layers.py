@@ -8,17 +8,15 @@ Storage (what `state_dict` holds and the checkpoint stores) is plain tensors:
                     scales, mins fp32 [out, in/group_size]              (per group of the input dim)
     Int8Embedding   weight int8 [V, C], scales fp32 [V]                  row = scales[v] * weight[v]
 
-Compute (measured on the AVX2 CI machine, see quant/README in the report): torch's weight-only CPU
-kernels `_weight_int8pack_mm` / `_weight_int4pack_mm_for_cpu` have no fast AVX2 path (10-50x
-slower than an fp32 matmul there), and an inductor-compiled dequant+matmul was slower still. The
-fastest int8 matmul torch ships for x86 is fbgemm's dynamic-quantized linear (weights int8 per
-channel, activations quantized per tensor on the fly, int32 accumulate) -- the same scheme
-CTranslate2's `int8` compute type uses. So inference runs through `quantized::linear_dynamic`
-on a packed copy of the int8 weight (built once, on first use), and an int4 layer is unpacked
-into that same int8 runtime form (disk stays int4; its numerics are int4's, since int4 values
-re-quantized per channel to 8 bits lose nothing measurable). When autograd needs the input
-gradient (QLoRA training) or fbgemm is unavailable, the layer computes the exact weight-only
-product `F.linear(x, dequantize())`.
+Compute. Decode-sized inputs (at most `kernels.MAX_ROWS` rows) run swisslm's own AVX2 kernels
+(swisslm/kernels/cpu_linear.c): they stream the int8 / int4 weight once, dequantize in
+registers and multiply fp32 activations, so the numerics are exact weight-only (no activation
+quantization) and each row's result does not depend on what else is in the batch. torch's own
+weight-only CPU kernels `_weight_int8pack_mm` / `_weight_int4pack_mm_for_cpu` have no fast AVX2
+path (10-50x slower than an fp32 matmul on the CI machine). Larger inputs (prefill, scoring)
+dequantize and run torch's fp32 GEMM, which is compute-bound there. Where the kernels cannot
+build (no C compiler, no AVX2), decode falls back to fbgemm's dynamic-quantized linear (int8
+activations per token, CTranslate2's scheme) on a packed copy of the weight built on first use.
 
 Every quantized module is a plain nn.Module with `in_features`, `out_features`, `compute_dtype`
 and `dequantize()` (the float weight), so LoRA can wrap it (QLoRA).
@@ -35,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
+
 log = logging.getLogger(__name__)
 
 INT4_GROUP_SIZES = (32, 64, 128)
@@ -43,9 +43,7 @@ INT4_GROUP_SIZES = (32, 64, 128)
 # bits so AVX2's u8*s8 pair sums (vpmaddubsw, int16) cannot saturate; PyTorch's own default.
 REDUCE_RANGE = True
 
-# Above this many rows (prefill, scoring, batched prompts) the layer dequantizes once and runs the
-# fp32 GEMM: compute-bound there, and exact weight-only numerics. At or below it (decode) the
-# packed int8 kernel reads 4x fewer bytes, which is what a memory-bound step is paying for.
+# Above this many rows the fbgemm fallback hands over to dequantize + fp32 GEMM.
 PACKED_MAX_ROWS = 16
 
 
@@ -169,16 +167,28 @@ class _QuantLinearBase(nn.Module):
             self._packed_key = key
         return self._packed
 
-    def _fast_ok(self, x: torch.Tensor) -> bool:
+    def _decode_sized(self, x: torch.Tensor) -> bool:
         rows = x.numel() // x.shape[-1]
-        return (self.use_packed and self._fbgemm and rows <= PACKED_MAX_ROWS and x.device.type == "cpu"
-                and x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad))
+        return (self.use_packed and (self._fbgemm or kernels.available()) and rows <= PACKED_MAX_ROWS
+                and x.device.type == "cpu" and x.dtype == torch.float32
+                and not (torch.is_grad_enabled() and x.requires_grad))
+
+    def _kernel(self, x: torch.Tensor) -> torch.Tensor | None:
+        """swisslm's CPU kernel product, or None where the kernel does not take this layer."""
+        raise NotImplementedError
+
+    def _decode_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if kernels.available():
+            y = self._kernel(x)
+            if y is not None:
+                return y
+        return _packed_forward(x, self.packed(), self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._fast_ok(x):
+        if self._decode_sized(x):
             if torch.compiler.is_compiling():
                 return int8_packed_linear(x, self._handle, self.out_features)
-            return _packed_forward(x, self.packed(), self.bias)
+            return self._decode_forward(x)
         return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:
@@ -205,6 +215,9 @@ class Int8Linear(_QuantLinearBase):
 
     def int8_weight(self):
         return self.weight, self.scales
+
+    def _kernel(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.linear_i8(x, self.weight, self.scales, self.bias)
 
     def dequantize(self) -> torch.Tensor:
         return (self.weight.float() * self.scales[:, None]).to(self.compute_dtype)
@@ -236,6 +249,9 @@ class Int4Linear(_QuantLinearBase):
 
     def dequantize(self) -> torch.Tensor:
         return dequantize_int4(self.weight, self.scales, self.mins).to(self.compute_dtype)
+
+    def _kernel(self, x: torch.Tensor) -> torch.Tensor | None:
+        return kernels.linear_i4(x, self.weight, self.scales, self.mins, self.group_size, self.bias)
 
     def int8_weight(self):
         # Runtime form for the int8 kernel: the int4 weight re-expressed per channel in 8 bits.
@@ -275,9 +291,9 @@ class Int8Embedding(nn.Module):
 
 
 # -- compile support -------------------------------------------------------------------------
-# fbgemm's packed weight is a TorchScript object dynamo cannot trace. Under torch.compile the
-# layer calls this opaque custom op with an integer handle instead (a constant in the graph), so
-# a whole decode step still compiles with fullgraph=True.
+# Neither the ctypes kernel call nor fbgemm's packed weight (a TorchScript object) can be traced
+# by dynamo. Under torch.compile the layer calls this opaque custom op with an integer handle
+# instead (a constant in the graph), so a whole decode step still compiles with fullgraph=True.
 
 _LAYERS: weakref.WeakValueDictionary[int, _QuantLinearBase] = weakref.WeakValueDictionary()
 
@@ -290,8 +306,7 @@ def _register(layer: _QuantLinearBase) -> int:
 
 @torch.library.custom_op("swisslm::int8_packed_linear", mutates_args=())
 def int8_packed_linear(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
-    layer = _LAYERS[handle]
-    return _packed_forward(x, layer.packed(), layer.bias)
+    return _LAYERS[handle]._decode_forward(x)
 
 
 @int8_packed_linear.register_fake

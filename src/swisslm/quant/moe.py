@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..core.moe import MoE
 from . import layers
 from .layers import _packed_forward, _prepack, quantize_int8_per_channel
@@ -40,20 +41,27 @@ class QuantMoE(MoE):
         return getattr(self, which).float() * getattr(self, which + "_scales")[..., None]
 
     def _grouped(self, x: torch.Tensor, which: str, offs: torch.Tensor) -> torch.Tensor:
-        """x (S, in) rows sorted by expert -> (S, out); a loop over the experts that got rows."""
+        """x (S, in) rows sorted by expert -> (S, out); a loop over the experts that got rows.
+        An expert with few rows (decode) runs the weight-only int8 kernel on its slice of the
+        stacked weight, in place (no copy); one with many (prefill) dequantizes and runs the
+        fp32 GEMM."""
         q = getattr(self, which)
         out = x.new_empty(x.shape[0], q.shape[1])
-        fast = x.device.type == "cpu" and x.dtype == torch.float32 and layers.fbgemm_available() \
-            and x.shape[0] <= layers.PACKED_MAX_ROWS and not (torch.is_grad_enabled() and x.requires_grad)
-        packs = self._packs(which) if fast else None
+        small_ok = x.device.type == "cpu" and x.dtype == torch.float32 \
+            and not (torch.is_grad_enabled() and x.requires_grad)
+        use_kernel = small_ok and kernels.available() and not torch.compiler.is_compiling()
+        use_fbgemm = small_ok and not use_kernel and layers.fbgemm_available()
+        packs = self._packs(which) if use_fbgemm and x.shape[0] <= layers.PACKED_MAX_ROWS else None
         scales = getattr(self, which + "_scales")
         start = 0
         for e, end in enumerate(offs.tolist()):
-            if end > start:
-                if fast:
-                    out[start:end] = _packed_forward(x[start:end], packs[e], None)
-                else:
-                    out[start:end] = F.linear(x[start:end], (q[e].to(x.dtype) * scales[e, :, None].to(x.dtype)))
+            rows = end - start
+            if rows and use_kernel and rows <= kernels.MAX_ROWS:
+                out[start:end] = kernels.linear_i8(x[start:end], q[e], scales[e])
+            elif rows and packs is not None:
+                out[start:end] = _packed_forward(x[start:end], packs[e], None)
+            elif rows:
+                out[start:end] = F.linear(x[start:end], (q[e].to(x.dtype) * scales[e, :, None].to(x.dtype)))
             start = end
         return out
 

@@ -1,0 +1,312 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Hand-written CPU kernels for the decode step (the why is at the top of each C file).
+
+    from swisslm import kernels
+    if kernels.linear_ok(x):                  # small fp32 CPU batch, no autograd, not compiling
+        y = kernels.linear_f32(x, weight, bias)
+        y = kernels.linear_i8(x, q, scales, bias)
+        y = kernels.linear_i4(x, packed, scales, mins, group_size, bias)
+    if kernels.ops_ok(x):                     # any fp32 CPU tensor, no autograd, not compiling
+        y = kernels.rms_norm(x, weight, eps)
+        q, k = kernels.rope(q, k, cos, sin)
+        y = kernels.decode_attention(q, k_cache, v_cache, mask, scale)
+
+The C sources ship with the package and is compiled on first use with the system C compiler
+(`$CC`, else `cc`/`gcc`; about a second) into a per-user cache, then loaded with ctypes. It
+needs no torch headers, so building it costs nothing like a torch C++ extension. Everything
+degrades cleanly: without a compiler, on a CPU without AVX2/FMA, or with SWISSLM_KERNELS=0,
+`available()` is False and callers use their torch path. The kernels are called directly
+(ctypes releases the GIL) rather than through a torch custom op, because a custom op's
+dispatch costs more than a decode-sized matmul; under torch.compile callers take the torch
+path, which inductor captures.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCES = [Path(__file__).with_name(n) for n in ("cpu_linear.c", "cpu_decode.c")]
+CFLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+
+# Decode sizes: at most this many activation rows go to the kernels. Above it (prefill, scoring)
+# the product is compute-bound and torch's blocked GEMM is the better tool.
+MAX_ROWS = 16
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("SWISSLM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "swisslm")
+    return Path(root) / "kernels"
+
+
+def _compiler() -> str | None:
+    for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cc and shutil.which(cc):
+            return cc
+    return None
+
+
+def _build() -> Path:
+    """Compile the C sources once per source version into the cache (atomic rename, so parallel
+    processes never load a half-written library)."""
+    src = b"".join(p.read_bytes() for p in SOURCES)
+    tag = hashlib.sha256(src + " ".join(CFLAGS).encode()).hexdigest()[:16]
+    out = _cache_dir() / f"swisslm_cpu_{tag}.so"
+    if out.exists():
+        return out
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (set $CC)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *CFLAGS, *map(str, SOURCES), "-o", tmp, "-lm"], capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+@functools.cache
+def _lib() -> ctypes.CDLL | None:
+    if os.environ.get("SWISSLM_KERNELS", "1") == "0":
+        return None
+    if os.uname().machine not in ("x86_64", "AMD64"):
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build()))
+    except (OSError, RuntimeError) as e:
+        log.warning("swisslm CPU kernels unavailable (%s); using torch's matmul", e)
+        return None
+    if not lib.swl_cpu_supported():
+        log.info("CPU lacks AVX2/FMA; swisslm CPU kernels disabled")
+        return None
+    lib.swl_linear_f32.argtypes = [_P, _P, _P, _P, _I, _I, _I, ctypes.c_int]
+    lib.swl_linear_f32.restype = None
+    lib.swl_linear_i8.argtypes = [_P, _P, _P, _P, _P, _I, _I, _I, ctypes.c_int]
+    lib.swl_linear_i8.restype = None
+    lib.swl_linear_i4.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int]
+    lib.swl_linear_i4.restype = ctypes.c_int
+    lib.swl_rmsnorm.argtypes = [_P, _P, _P, _I, _I, ctypes.c_float]
+    lib.swl_rmsnorm.restype = None
+    lib.swl_rope.argtypes = [_P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _I, _I]
+    lib.swl_rope.restype = None
+    lib.swl_decode_attention.argtypes = [_P, _I, _I, _P, _P, _I, _I, _I, _P, _I, _I, _P, _I, _I, _I, _I, _I,
+                                         ctypes.c_float, ctypes.c_int]
+    lib.swl_decode_attention.restype = None
+    lib.swl_silu_mul.argtypes = [_P, _P, _I, _I]
+    lib.swl_silu_mul.restype = None
+    lib.swl_attention_step.argtypes = [_P, _I, _P, _I, _P, _P, _I, _I, _P, _P, _I, _I, _I, _P, _I, _I, _P, _P, _I, _I,
+                                       _I, _I, _I, ctypes.c_float, ctypes.c_int]
+    lib.swl_attention_step.restype = None
+    return lib
+
+
+_enabled = True
+
+
+def set_enabled(enabled: bool) -> None:
+    """Turn the kernels off (True turns them back on where they are available): every caller
+    then takes its torch path. For A/B comparisons and debugging; SWISSLM_KERNELS=0 does the
+    same for a whole process."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+def available() -> bool:
+    """Whether the kernels are enabled, built and run on this CPU (the build is checked once)."""
+    return _enabled and _lib() is not None
+
+
+def linear_ok(x: torch.Tensor) -> bool:
+    """Whether `x` is a decode-sized fp32 CPU input the kernels should take. False under
+    torch.compile tracing and when autograd needs a graph through this product."""
+    return (x.is_cpu and x.dtype == torch.float32 and x.numel() <= MAX_ROWS * x.shape[-1]
+            and not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and x.requires_grad)
+            and available())
+
+
+def _rows(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    # No reshape: a contiguous (..., K) tensor already is (M, K) rows in memory, and at decode
+    # sizes every avoided torch call is a measurable share of the step.
+    if not x.is_contiguous():
+        x = x.contiguous()
+    K = x.shape[-1]
+    return x, x.numel() // K, K
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _check(w: torch.Tensor, bias: torch.Tensor | None) -> None:
+    # The kernels read raw pointers: a non-contiguous view or a bias in another dtype would be
+    # read as garbage, so these are hard errors, not silent fallbacks.
+    if not w.is_contiguous():
+        raise ValueError("kernel weight must be contiguous")
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
+        raise ValueError("kernel bias must be contiguous fp32")
+
+
+def linear_f32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., K) fp32 @ weight (N, K).T + bias -> (..., N)."""
+    _check(weight, bias)
+    x2, M, K = _rows(x)
+    N = weight.shape[0]
+    y = x.new_empty((*x.shape[:-1], N))
+    _lib().swl_linear_f32(x2.data_ptr(), weight.data_ptr(), _ptr(bias), y.data_ptr(), M, K, N,
+                          torch.get_num_threads())
+    return y
+
+
+def linear_i8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Weight-only int8: x @ (scales[:, None] * q).T + bias, activations kept fp32."""
+    _check(q, bias)
+    x2, M, K = _rows(x)
+    N = q.shape[0]
+    y = x.new_empty((*x.shape[:-1], N))
+    _lib().swl_linear_i8(x2.data_ptr(), q.data_ptr(), scales.data_ptr(), _ptr(bias), y.data_ptr(), M, K, N,
+                         torch.get_num_threads())
+    return y
+
+
+def linear_i4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group_size: int,
+              bias: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Weight-only int4 (see quant.layers.Int4Linear for the layout). None when the group size
+    is not a multiple of 32 (the caller then uses its dequantizing path)."""
+    _check(packed, bias)
+    x2, M, K = _rows(x)
+    N = packed.shape[0]
+    y = x.new_empty((*x.shape[:-1], N))
+    rc = _lib().swl_linear_i4(x2.data_ptr(), packed.data_ptr(), scales.data_ptr(), mins.data_ptr(), _ptr(bias),
+                              y.data_ptr(), M, K, N, group_size, torch.get_num_threads())
+    return None if rc else y
+
+
+# -- decode-step ops -------------------------------------------------------------------------
+
+
+def ops_ok(x: torch.Tensor) -> bool:
+    """Whether the elementwise/attention kernels may take `x`: decode-sized (at most MAX_ROWS
+    rows; they are single-threaded, torch's ops win on prefill), fp32 on the CPU, no autograd
+    graph needed through it, not being traced by torch.compile."""
+    return (x.is_cpu and x.dtype == torch.float32 and x.numel() <= MAX_ROWS * x.shape[-1]
+            and not torch.compiler.is_compiling()
+            and not (torch.is_grad_enabled() and x.requires_grad) and available())
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * x / sqrt(mean(x^2, -1) + eps), over the last dim (fp32 weight of that size)."""
+    x2, R, C = _rows(x)
+    _check(weight, None)
+    y = torch.empty_like(x2)
+    _lib().swl_rmsnorm(x2.data_ptr(), weight.data_ptr(), y.data_ptr(), R, C, eps)
+    return y
+
+
+def _rope_one(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    B, H, T, D = x.shape
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    y = torch.empty(B, T, H, D)
+    _lib().swl_rope(x.data_ptr(), x.stride(0), x.stride(2), x.stride(1), cos.data_ptr(), sin.data_ptr(),
+                    y.data_ptr(), B, T, H, D, cos.shape[-1])
+    return y.transpose(1, 2)
+
+
+def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate-half rotary on q (B, H, T, D), k (B, H_kv, T, D) with cos/sin (B, 1, T, rd) as
+    rope_cos_sin builds them; returns (B, H, T, D) views of (B, T, H, D) buffers, the layout
+    the attention output projection reads without a copy."""
+    B, _, T, _ = q.shape
+    cos, sin = cos.expand(B, 1, T, -1).contiguous(), sin.expand(B, 1, T, -1).contiguous()
+    return _rope_one(q, cos, sin), _rope_one(k, cos, sin)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                     scale: float | None) -> torch.Tensor:
+    """One query per row: q (B, H, 1, D), k/v (B, H_kv, S, D) contiguous caches, mask bool
+    broadcastable to (B, 1, 1, S) (True = attend) or None. Returns (B, H, 1, D), a view of a
+    (B, 1, H, D) buffer. Keys after the last visible one are never read."""
+    B, H, _, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    if scale is None:
+        scale = D**-0.5  # SDPA's default
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k.stride(-1) != 1 or v.stride() != k.stride():
+        k, v = k.contiguous(), v.contiguous()
+    mptr, mb, ms = None, 0, 0
+    if mask is not None:
+        m = mask.expand(B, 1, 1, S)
+        mptr, mb, ms = m.data_ptr(), m.stride(0), m.stride(3)
+    out = torch.empty(B, 1, H, D)
+    _lib().swl_decode_attention(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), v.data_ptr(), k.stride(0),
+                                k.stride(1), k.stride(2), mptr, mb, ms, out.data_ptr(), B, H, Hkv, S, D, scale,
+                                torch.get_num_threads())
+    return out.transpose(1, 2)
+
+
+def silu_mul(h: torch.Tensor) -> torch.Tensor:
+    """h (..., 2I) = [gate | up] -> silu(gate) * up (..., I)."""
+    h2, R, W = _rows(h)
+    out = torch.empty(*h.shape[:-1], W // 2)
+    _lib().swl_silu_mul(h2.data_ptr(), out.data_ptr(), R, W // 2)
+    return out
+
+
+def attention_step(qkv: torch.Tensor, n_heads: int, n_kv: int, head_dim: int,
+                   rope: tuple[torch.Tensor, torch.Tensor] | None, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   input_pos: torch.Tensor, mask: torch.Tensor | None, scale: float | None) -> torch.Tensor:
+    """One decode token of standard attention, fused: qkv (B, 1, (H + 2 H_kv) D) -> rotary ->
+    cache write at input_pos ((1,) shared or (B, 1) per row) -> attention -> (B, 1, H D).
+    Equals Attention's generic path with the default slots (identity qkv transform, rotate-half
+    rotary or none, SDPA); Attention checks that before calling. The caches may be views into a
+    larger buffer (the server binds row/slot windows) but k and v must share strides and have
+    a contiguous head dim; the writes land in them in place."""
+    B = qkv.shape[0]
+    S = k_cache.shape[2]
+    if qkv.stride(-1) != 1:
+        qkv = qkv.contiguous()
+    if input_pos.dtype != torch.int64 or input_pos.stride(-1) != 1:
+        input_pos = input_pos.to(torch.int64).contiguous()
+    pb = input_pos.stride(0) if input_pos.dim() == 2 else 0
+    cptr = sptr = None
+    cb = rd = 0
+    if rope is not None:
+        cos, sin = rope  # (B or 1, 1, 1, rd)
+        if not (cos.is_contiguous() and sin.is_contiguous()):
+            cos, sin = cos.contiguous(), sin.contiguous()
+        cptr, sptr, rd = cos.data_ptr(), sin.data_ptr(), cos.shape[-1]
+        cb = cos.stride(0) if cos.shape[0] == B else 0
+    mptr, mb, ms = None, 0, 0
+    if mask is not None:
+        m = mask.expand(B, 1, 1, S)
+        mptr, mb, ms = m.data_ptr(), m.stride(0), m.stride(3)
+    out = torch.empty(B, 1, n_heads * head_dim)
+    qbuf = torch.empty(B, n_heads, head_dim)
+    kc, vc = k_cache, v_cache
+    _lib().swl_attention_step(qkv.data_ptr(), qkv.stride(0), input_pos.data_ptr(), pb, cptr, sptr, cb, rd,
+                              kc.data_ptr(), vc.data_ptr(), kc.stride(0), kc.stride(1), kc.stride(2), mptr, mb, ms,
+                              out.data_ptr(), qbuf.data_ptr(), B, n_heads, n_kv, S, head_dim,
+                              head_dim**-0.5 if scale is None else scale, torch.get_num_threads())
+    return out

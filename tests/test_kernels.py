@@ -1,0 +1,170 @@
+# SPDX-License-Identifier: Apache-2.0
+"""swisslm's CPU decode kernels against the torch maths they replace, and whole models with the
+kernels on vs off (the torch path is the reference)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from swisslm import kernels
+from swisslm.core.attention import eager_attention
+from swisslm.core.rope import apply_rotary, rope_cos_sin
+from swisslm.quant.layers import dequantize_int4, quantize_int4_per_group, quantize_int8_per_channel
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="kernels did not build on this machine")
+
+
+@contextlib.contextmanager
+def kernels_off():
+    kernels.set_enabled(False)
+    try:
+        yield
+    finally:
+        kernels.set_enabled(True)
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 8, 13, 16])
+@pytest.mark.parametrize("K,N", [(64, 96), (72, 7), (100, 33)])  # K % 8 != 0 and N % 4 != 0 included
+def test_linear_kernels_match_torch(M, K, N):
+    g = torch.Generator().manual_seed(M * 1000 + K + N)
+    x, w, b = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g), torch.randn(N, generator=g)
+    torch.testing.assert_close(kernels.linear_f32(x, w, b), F.linear(x, w, b), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(kernels.linear_f32(x.view(M, 1, K), w), F.linear(x, w).view(M, 1, N),
+                               atol=1e-4, rtol=1e-5)
+    q, s = quantize_int8_per_channel(w)
+    torch.testing.assert_close(kernels.linear_i8(x, q, s, b), F.linear(x, q.float() * s[:, None], b),
+                               atol=1e-4, rtol=1e-5)
+    if K % 32 == 0:
+        p, sc, mn = quantize_int4_per_group(w, 32)
+        torch.testing.assert_close(kernels.linear_i4(x, p, sc, mn, 32, b), F.linear(x, dequantize_int4(p, sc, mn), b),
+                                   atol=1e-4, rtol=1e-5)
+
+
+def test_linear_kernel_rows_are_batch_invariant():
+    # Weight-only numerics: a row's result does not depend on its neighbours (fbgemm's dynamic
+    # int8 path, which scales activations per tensor, could not promise this).
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(8, 96, generator=g), torch.randn(40, 96, generator=g)
+    q, s = quantize_int8_per_channel(w)
+    alone = torch.cat([kernels.linear_i8(x[i : i + 1], q, s) for i in range(8)])
+    assert torch.equal(kernels.linear_i8(x, q, s), alone)
+
+
+def test_int4_group_not_multiple_of_32_declines():
+    # Int4Linear only makes groups of 32/64/128; a foreign group size gets None (caller falls back)
+    x, w = torch.randn(1, 48), torch.randn(4, 48)
+    p, sc, mn = quantize_int4_per_group(w, 16)
+    assert kernels.linear_i4(x, p, sc, mn, 16) is None
+
+
+def test_rms_norm_matches_reference():
+    x, w = torch.randn(3, 5, 37), torch.randn(37)
+    ref = w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
+    torch.testing.assert_close(kernels.rms_norm(x, w, 1e-5), ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("D,rd", [(64, 64), (64, 16), (10, 4), (24, 24)])
+def test_rope_matches_apply_rotary(D, rd):
+    B, T, H, Hk = 2, 3, 4, 2
+    qkv = torch.randn(B, T, (H + 2 * Hk) * D)
+    q, k, _ = qkv.split([H * D, Hk * D, Hk * D], -1)
+    q, k = q.view(B, T, H, D).transpose(1, 2), k.view(B, T, Hk, D).transpose(1, 2)  # strided views
+    inv = 1.0 / (10000 ** (torch.arange(0, rd, 2).float() / rd))
+    cos, sin = rope_cos_sin(inv, torch.tensor([[3, 4, 5], [0, 1, 2]]), torch.float32)
+    with kernels_off():
+        rq, rk = apply_rotary(q, k, (cos, sin))
+    kq, kk = kernels.rope(q, k, cos, sin)
+    torch.testing.assert_close(kq, rq, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(kk, rk, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("B,H,Hk,S,D", [(1, 9, 3, 144, 64), (3, 4, 4, 50, 32), (2, 8, 2, 20, 10), (8, 4, 2, 600, 64)])
+def test_decode_attention_matches_eager(B, H, Hk, S, D):
+    g = torch.Generator().manual_seed(S)
+    q = torch.randn(B, H, 1, D, generator=g)
+    k, v = torch.randn(B, Hk, S, D, generator=g), torch.randn(B, Hk, S, D, generator=g)
+    mask = torch.zeros(B, 1, 1, S, dtype=torch.bool)
+    for b in range(B):
+        mask[b, ..., b : S - 5 - b] = True  # ragged left padding and an unwritten tail
+    for m in (mask, None, mask[:1].expand(B, 1, 1, S)):
+        torch.testing.assert_close(kernels.decode_attention(q, k, v, m, D**-0.5),
+                                   eager_attention(q, k, v, m, D**-0.5, True), atol=1e-5, rtol=1e-5)
+    # a window of a larger cache (the server binds row/slot views): strided, never copied
+    big_k, big_v = torch.randn(B + 2, Hk, S + 7, D, generator=g), torch.randn(B + 2, Hk, S + 7, D, generator=g)
+    kv, vv = big_k[1 : B + 1, :, :S], big_v[1 : B + 1, :, :S]
+    torch.testing.assert_close(kernels.decode_attention(q, kv, vv, mask, 0.3),
+                               eager_attention(q, kv, vv, mask, 0.3, True), atol=1e-5, rtol=1e-5)
+
+
+def test_fully_masked_row_gives_zeros_not_nan():
+    q, k, v = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    out = kernels.decode_attention(q, k, v, torch.zeros(1, 1, 1, 5, dtype=torch.bool), 0.5)
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def _tiny_llama(**over):
+    from swisslm.config import ModelConfig
+    from swisslm.core.backbone import Transformer
+
+    cfg = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=16, max_position_embeddings=128, **over)
+    torch.manual_seed(0)
+    m = Transformer(cfg)
+    m.init_weights()
+    return m.eval()
+
+
+def _decode_logits(model, prompt, steps, mask_pad=0):
+    """Cached greedy decode of a (B, T) prompt; returns every step's logits (B, steps, V)."""
+    B, T = prompt.shape
+    model.setup_cache(B, T + steps)
+    mask = torch.ones(B, T + steps, dtype=torch.long)
+    mask[1:, :mask_pad] = 0  # left padding on every row but the first
+    out = []
+    with torch.no_grad():
+        logits = model(prompt, attention_mask=mask, input_pos=torch.arange(T)).logits[:, -1]
+        for t in range(steps):
+            out.append(logits)
+            tok = logits.argmax(-1, keepdim=True)
+            pos = torch.tensor([T + t])
+            position_ids = (mask[:, : T + t + 1].cumsum(-1)[:, -1:] - 1)
+            logits = model(tok, attention_mask=mask, position_ids=position_ids, input_pos=pos).logits[:, -1]
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("over", [{}, {"rotary_pct": 0.5}, {"position": "absolute"}])
+def test_model_decode_with_kernels_equals_torch_path(over):
+    model = _tiny_llama(**over)
+    prompt = torch.randint(0, 97, (3, 6))
+    fast = _decode_logits(model, prompt, 8, mask_pad=2)
+    with kernels_off():
+        ref = _decode_logits(model, prompt, 8, mask_pad=2)
+    torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_mixin_in_a_fused_slot_takes_the_generic_path():
+    # A mixin replacing the attention function must be honoured even in the one-token step.
+    from swisslm.core.slots import Mixin
+
+    calls = []
+
+    class CountingAttention(Mixin):
+        def attention_fn(self, q, k, v, mask, scale, is_causal):
+            calls.append(q.shape[2])
+            return eager_attention(q, k, v, mask, scale, is_causal)
+
+    model = _tiny_llama()
+    model.add_mixin("count", CountingAttention())
+    _decode_logits(model, torch.randint(0, 97, (1, 4)), 3)
+    assert 1 in calls  # one-token steps went through the mixin
+
+
+def test_build_without_compiler_reports_and_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("SWISSLM_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "_compiler", lambda: None)
+    with pytest.raises(RuntimeError, match="no C compiler"):
+        kernels._build()
