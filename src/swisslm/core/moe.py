@@ -30,6 +30,7 @@ import math
 import torch
 from torch import nn
 
+from .. import kernels
 from ..config import ModelConfig
 from .linear import Linear
 from .mlp import ACTIVATIONS, GatedMLP
@@ -68,11 +69,18 @@ def _grouped_linear_eager(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) 
     if native and x.dtype == w.dtype and _native_grouped_mm_ok(x.device.type, x.dtype):
         return torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)
     # Fallback: one matmul per expert that received rows (a loop over <= E experts, not tokens).
+    # An expert with decode-sized rows streams its slice of the stacked weight through swisslm's
+    # CPU kernel (in place, no copy); it reads the weight at close to memory bandwidth where
+    # torch's mm on these GEMV shapes does not.
     out = x.new_empty(x.shape[0], w.shape[1])
+    fast = x.dtype == w.dtype and kernels.linear_ok(x[:1]) and w.is_contiguous()
     start = 0
     for e, end in enumerate(offs.tolist()):
         if end > start:
-            torch.mm(x[start:end], w[e].t(), out=out[start:end])
+            if fast and end - start <= kernels.MAX_ROWS:
+                kernels.linear_f32(x[start:end], w[e], out=out[start:end])
+            else:
+                torch.mm(x[start:end], w[e].t(), out=out[start:end])
         start = end
     return out
 

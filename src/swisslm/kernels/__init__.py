@@ -167,23 +167,33 @@ def _check(w: torch.Tensor, bias: torch.Tensor | None) -> None:
         raise ValueError("kernel bias must be contiguous fp32")
 
 
-def linear_f32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (..., K) fp32 @ weight (N, K).T + bias -> (..., N)."""
+def _out(x: torch.Tensor, N: int, out: torch.Tensor | None) -> torch.Tensor:
+    if out is None:
+        return x.new_empty((*x.shape[:-1], N))
+    if not out.is_contiguous() or out.numel() != x.numel() // x.shape[-1] * N or out.dtype != torch.float32:
+        raise ValueError("kernel out= must be a contiguous fp32 tensor of the result's size")
+    return out
+
+
+def linear_f32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., K) fp32 @ weight (N, K).T + bias -> (..., N) (written into `out` when given)."""
     _check(weight, bias)
     x2, M, K = _rows(x)
     N = weight.shape[0]
-    y = x.new_empty((*x.shape[:-1], N))
+    y = _out(x, N, out)
     _lib().swl_linear_f32(x2.data_ptr(), weight.data_ptr(), _ptr(bias), y.data_ptr(), M, K, N,
                           torch.get_num_threads())
     return y
 
 
-def linear_i8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear_i8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
     """Weight-only int8: x @ (scales[:, None] * q).T + bias, activations kept fp32."""
     _check(q, bias)
     x2, M, K = _rows(x)
     N = q.shape[0]
-    y = x.new_empty((*x.shape[:-1], N))
+    y = _out(x, N, out)
     _lib().swl_linear_i8(x2.data_ptr(), q.data_ptr(), scales.data_ptr(), _ptr(bias), y.data_ptr(), M, K, N,
                          torch.get_num_threads())
     return y

@@ -57,7 +57,7 @@ class QuantMoE(MoE):
         for e, end in enumerate(offs.tolist()):
             rows = end - start
             if rows and use_kernel and rows <= kernels.MAX_ROWS:
-                out[start:end] = kernels.linear_i8(x[start:end], q[e], scales[e])
+                kernels.linear_i8(x[start:end], q[e], scales[e], out=out[start:end])
             elif rows and packs is not None:
                 out[start:end] = _packed_forward(x[start:end], packs[e], None)
             elif rows:
