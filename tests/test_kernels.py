@@ -28,7 +28,7 @@ def kernels_off():
 
 
 @pytest.mark.parametrize("M", [1, 2, 3, 8, 13, 16])
-@pytest.mark.parametrize("K,N", [(64, 96), (72, 7), (100, 33)])  # K % 8 != 0 and N % 4 != 0 included
+@pytest.mark.parametrize("K,N", [(64, 96), (72, 7), (100, 33), (4200, 5)])  # K % 16, N % 4, int32 flush
 def test_linear_kernels_match_torch(M, K, N):
     g = torch.Generator().manual_seed(M * 1000 + K + N)
     x, w, b = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g), torch.randn(N, generator=g)
@@ -36,8 +36,11 @@ def test_linear_kernels_match_torch(M, K, N):
     torch.testing.assert_close(kernels.linear_f32(x.view(M, 1, K), w), F.linear(x, w).view(M, 1, N),
                                atol=1e-4, rtol=1e-5)
     q, s = quantize_int8_per_channel(w)
-    torch.testing.assert_close(kernels.linear_i8(x, q, s, b), F.linear(x, q.float() * s[:, None], b),
-                               atol=1e-4, rtol=1e-5)
+    ref = F.linear(x, q.float() * s[:, None], b)
+    torch.testing.assert_close(kernels.linear_i8(x, q, s, b, act16=False), ref, atol=1e-4, rtol=1e-5)
+    # int16 activations: rounding each row to 1/32767 of its largest entry
+    err = (kernels.linear_i8(x, q, s, b) - ref).abs().max()
+    assert err <= 2e-4 * ref.abs().max(), err
     if K % 32 == 0:
         p, sc, mn = quantize_int4_per_group(w, 32)
         torch.testing.assert_close(kernels.linear_i4(x, p, sc, mn, 32, b), F.linear(x, dequantize_int4(p, sc, mn), b),
@@ -50,8 +53,9 @@ def test_linear_kernel_rows_are_batch_invariant():
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(8, 96, generator=g), torch.randn(40, 96, generator=g)
     q, s = quantize_int8_per_channel(w)
-    alone = torch.cat([kernels.linear_i8(x[i : i + 1], q, s) for i in range(8)])
-    assert torch.equal(kernels.linear_i8(x, q, s), alone)
+    for act16 in (True, False):
+        alone = torch.cat([kernels.linear_i8(x[i : i + 1], q, s, act16=act16) for i in range(8)])
+        assert torch.equal(kernels.linear_i8(x, q, s, act16=act16), alone)
 
 
 def test_int4_group_not_multiple_of_32_declines():

@@ -102,7 +102,7 @@ def _lib() -> ctypes.CDLL | None:
         return None
     lib.swl_linear_f32.argtypes = [_P, _P, _P, _P, _I, _I, _I, ctypes.c_int]
     lib.swl_linear_f32.restype = None
-    lib.swl_linear_i8.argtypes = [_P, _P, _P, _P, _P, _I, _I, _I, ctypes.c_int]
+    lib.swl_linear_i8.argtypes = [_P, _P, _P, _P, _P, _I, _I, _I, ctypes.c_int, ctypes.c_int]
     lib.swl_linear_i8.restype = None
     lib.swl_linear_i4.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int]
     lib.swl_linear_i4.restype = ctypes.c_int
@@ -188,14 +188,16 @@ def linear_f32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
 
 def linear_i8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
-              out: torch.Tensor | None = None) -> torch.Tensor:
-    """Weight-only int8: x @ (scales[:, None] * q).T + bias, activations kept fp32."""
+              out: torch.Tensor | None = None, act16: bool = True) -> torch.Tensor:
+    """x @ (scales[:, None] * q).T + bias for an int8 weight. `act16`: each activation row is
+    scaled to int16 for integer multiply-adds (relative error ~1e-5, per row, so results stay
+    batch-invariant); False keeps fp32 activations (the exact weight-only product)."""
     _check(q, bias)
     x2, M, K = _rows(x)
     N = q.shape[0]
     y = _out(x, N, out)
     _lib().swl_linear_i8(x2.data_ptr(), q.data_ptr(), scales.data_ptr(), _ptr(bias), y.data_ptr(), M, K, N,
-                         torch.get_num_threads())
+                         int(act16), torch.get_num_threads())
     return y
 
 
