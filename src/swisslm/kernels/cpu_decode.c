@@ -12,6 +12,24 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+// exp on 8 floats (Cephes' polynomial, as in the widely used avx_mathfun): ~1 ulp, clamped to
+// +-88.38, so exp(-inf) comes out as ~1e-38, not 0 -- callers that need exact zeros mask them.
+static inline __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f)), _mm256_set1_ps(88.3762626647949f));
+    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
+    y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(x, x), x), _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(0x7f)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
 // y[r, :] = w * (x[r, :] / sqrt(mean(x[r, :]^2) + eps)); rows contiguous (HF LlamaRMSNorm order:
 // normalise, then scale by the weight).
 void swl_rmsnorm(const float *x, const float *w, float *y, int64_t rows, int64_t C, float eps) {
@@ -108,25 +126,61 @@ void swl_decode_attention(const float *q, int64_t qb, int64_t qh, const float *k
                 if (p[j] > mx) mx = p[j];
             }
             float *o = out + (b * H + h) * D;
-            for (int64_t d = 0; d < D; d++) acc[d] = 0.0f;
             if (mx == -INFINITY) {  // nothing to attend to (a fully masked row): zeros, not NaN
                 for (int64_t d = 0; d < D; d++) o[d] = 0.0f;
                 continue;
             }
-            float sum = 0.0f;
-            for (int64_t j = 0; j < Sb; j++) {
-                if (p[j] == -INFINITY) continue;
-                const float e = expf(p[j] - mx);
-                sum += e;
-                const float *vr = vr0 + j * ks;
-                const __m256 ve = _mm256_set1_ps(e);
-                int64_t d = 0;
-                for (; d + 8 <= D; d += 8)
-                    _mm256_storeu_ps(acc + d, _mm256_fmadd_ps(ve, _mm256_loadu_ps(vr + d), _mm256_loadu_ps(acc + d)));
-                for (; d < D; d++) acc[d] += e * vr[d];
+            // p <- exp(p - max), masked keys exactly 0; then out = sum_j p_j v_j / sum_j p_j.
+            const __m256 vmx = _mm256_set1_ps(mx), ninf = _mm256_set1_ps(-INFINITY);
+            __m256 vsum = _mm256_setzero_ps();
+            int64_t j = 0;
+            for (; j + 8 <= Sb; j += 8) {
+                __m256 pv = _mm256_loadu_ps(p + j);
+                __m256 e = _mm256_andnot_ps(_mm256_cmp_ps(pv, ninf, _CMP_EQ_OQ), exp256(_mm256_sub_ps(pv, vmx)));
+                _mm256_storeu_ps(p + j, e);
+                vsum = _mm256_add_ps(vsum, e);
+            }
+            float t[8], sum = 0.0f;
+            _mm256_storeu_ps(t, vsum);
+            for (int i = 0; i < 8; i++) sum += t[i];
+            for (; j < Sb; j++) {
+                p[j] = p[j] == -INFINITY ? 0.0f : expf(p[j] - mx);
+                sum += p[j];
             }
             const float inv = 1.0f / sum;
-            for (int64_t d = 0; d < D; d++) o[d] = acc[d] * inv;
+            int64_t d0 = 0;
+            for (; d0 + 64 <= D; d0 += 64) {  // 64 output dims in 8 registers across all keys
+                __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+                for (j = 0; j < Sb; j++) {
+                    const float *vr = vr0 + j * ks + d0;
+                    const __m256 e = _mm256_set1_ps(p[j]);
+                    c0 = _mm256_fmadd_ps(e, _mm256_loadu_ps(vr), c0);
+                    c1 = _mm256_fmadd_ps(e, _mm256_loadu_ps(vr + 8), c1);
+                    c2 = _mm256_fmadd_ps(e, _mm256_loadu_ps(vr + 16), c2);
+                    c3 = _mm256_fmadd_ps(e, _mm256_loadu_ps(vr + 24), c3);
+                    c4 = _mm256_fmadd_ps(e, _mm256_loadu_ps(vr + 32), c4);
+                    c5 = _mm256_fmadd_ps(e, _mm256_loadu_ps(vr + 40), c5);
+                    c6 = _mm256_fmadd_ps(e, _mm256_loadu_ps(vr + 48), c6);
+                    c7 = _mm256_fmadd_ps(e, _mm256_loadu_ps(vr + 56), c7);
+                }
+                const __m256 vi = _mm256_set1_ps(inv);
+                _mm256_storeu_ps(o + d0, _mm256_mul_ps(c0, vi));
+                _mm256_storeu_ps(o + d0 + 8, _mm256_mul_ps(c1, vi));
+                _mm256_storeu_ps(o + d0 + 16, _mm256_mul_ps(c2, vi));
+                _mm256_storeu_ps(o + d0 + 24, _mm256_mul_ps(c3, vi));
+                _mm256_storeu_ps(o + d0 + 32, _mm256_mul_ps(c4, vi));
+                _mm256_storeu_ps(o + d0 + 40, _mm256_mul_ps(c5, vi));
+                _mm256_storeu_ps(o + d0 + 48, _mm256_mul_ps(c6, vi));
+                _mm256_storeu_ps(o + d0 + 56, _mm256_mul_ps(c7, vi));
+            }
+            if (d0 < D) {  // head dims that are not a multiple of 64
+                for (int64_t d = d0; d < D; d++) acc[d] = 0.0f;
+                for (j = 0; j < Sb; j++) {
+                    const float *vr = vr0 + j * ks;
+                    for (int64_t d = d0; d < D; d++) acc[d] += p[j] * vr[d];
+                }
+                for (int64_t d = d0; d < D; d++) o[d] = acc[d] * inv;
+            }
         }
         free(p);
         free(acc);
@@ -139,7 +193,14 @@ void swl_silu_mul(const float *h, float *out, int64_t R, int64_t I) {
     for (int64_t r = 0; r < R; r++) {
         const float *g = h + r * 2 * I, *u = g + I;
         float *o = out + r * I;
-        for (int64_t i = 0; i < I; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        int64_t i = 0;
+        for (; i + 8 <= I; i += 8) {
+            __m256 gv = _mm256_loadu_ps(g + i);
+            __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+            __m256 sv = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+            _mm256_storeu_ps(o + i, _mm256_mul_ps(sv, _mm256_loadu_ps(u + i)));
+        }
+        for (; i < I; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
     }
 }
 
