@@ -11,42 +11,42 @@
         q, k = kernels.rope(q, k, cos, sin)
         y = kernels.decode_attention(q, k_cache, v_cache, mask, scale)
 
-The C sources ship with the package and is compiled on first use with the system C compiler
-(`$CC`, else `cc`/`gcc`; about a second) into a per-user cache, then loaded with ctypes. It
-needs no torch headers, so building it costs nothing like a torch C++ extension. Everything
+The C sources ship with the package and are compiled on first use with the system C compiler
+(`$CC`, else `cc`/`gcc`; about a second) into a per-user cache as a small CPython extension
+(pymodule.c): no torch headers, so building it costs nothing like a torch C++ extension. Everything
 degrades cleanly: without a compiler, on a CPU without AVX2/FMA, or with SWISSLM_KERNELS=0,
-`available()` is False and callers use their torch path. The kernels are called directly
-(ctypes releases the GIL) rather than through a torch custom op, because a custom op's
-dispatch costs more than a decode-sized matmul; under torch.compile callers take the torch
+`available()` is False and callers use their torch path. The kernels take data pointers and
+release the GIL; they are called directly rather than through a torch custom op, whose
+dispatch costs more than a decode-sized matmul. Under torch.compile callers take the torch
 path, which inductor captures.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
 import subprocess
+import sysconfig
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(n) for n in ("cpu_linear.c", "cpu_decode.c")]
-CFLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+SOURCES = [Path(__file__).with_name(n) for n in ("cpu_linear.c", "cpu_decode.c", "pymodule.c")]
+CFLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+
+_F32 = torch.float32  # outputs are always fp32 whatever torch's default dtype is set to
 
 # Decode sizes: at most this many activation rows go to the kernels. Above it (prefill, scoring)
 # the product is compute-bound and torch's blocked GEMM is the better tool.
 MAX_ROWS = 16
-
-_P = ctypes.c_void_p
-_I = ctypes.c_int64
-
 
 def _cache_dir() -> Path:
     root = os.environ.get("SWISSLM_CACHE") or os.path.join(
@@ -64,19 +64,23 @@ def _compiler() -> str | None:
 def _build() -> Path:
     """Compile the C sources once per source version into the cache (atomic rename, so parallel
     processes never load a half-written library)."""
+    include = sysconfig.get_paths()["include"]
     src = b"".join(p.read_bytes() for p in SOURCES)
-    tag = hashlib.sha256(src + " ".join(CFLAGS).encode()).hexdigest()[:16]
-    out = _cache_dir() / f"swisslm_cpu_{tag}.so"
+    tag = hashlib.sha256(src + " ".join(CFLAGS).encode() + include.encode()).hexdigest()[:16]
+    out = _cache_dir() / f"_swisslm_cpu.{tag}.so"
     if out.exists():
         return out
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set $CC)")
+    if not Path(include, "Python.h").exists():
+        raise RuntimeError(f"Python headers not found in {include}")
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *CFLAGS, *map(str, SOURCES), "-o", tmp, "-lm"], capture_output=True, text=True)
+        cmd = [cc, *CFLAGS, f"-I{include}", *map(str, SOURCES), "-o", tmp, "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
         os.replace(tmp, out)
@@ -87,37 +91,25 @@ def _build() -> Path:
 
 
 @functools.cache
-def _lib() -> ctypes.CDLL | None:
+def _lib() -> ModuleType | None:
+    """The compiled extension module, or None where it cannot be had (reason logged once)."""
     if os.environ.get("SWISSLM_KERNELS", "1") == "0":
         return None
     if os.uname().machine not in ("x86_64", "AMD64"):
         return None
     try:
-        lib = ctypes.CDLL(str(_build()))
-    except (OSError, RuntimeError) as e:
+        path = _build()
+        # Loaded after torch (imported above), so the extension's libgomp dependency resolves to
+        # the copy torch already loaded: one OpenMP thread pool for both.
+        spec = importlib.util.spec_from_file_location("_swisslm_cpu", path)
+        lib = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(lib)
+    except (OSError, RuntimeError, ImportError) as e:
         log.warning("swisslm CPU kernels unavailable (%s); using torch's matmul", e)
         return None
-    if not lib.swl_cpu_supported():
+    if not lib.cpu_supported():
         log.info("CPU lacks AVX2/FMA; swisslm CPU kernels disabled")
         return None
-    lib.swl_linear_f32.argtypes = [_P, _P, _P, _P, _I, _I, _I, ctypes.c_int]
-    lib.swl_linear_f32.restype = None
-    lib.swl_linear_i8.argtypes = [_P, _P, _P, _P, _P, _I, _I, _I, ctypes.c_int, ctypes.c_int]
-    lib.swl_linear_i8.restype = None
-    lib.swl_linear_i4.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int]
-    lib.swl_linear_i4.restype = ctypes.c_int
-    lib.swl_rmsnorm.argtypes = [_P, _P, _P, _I, _I, ctypes.c_float]
-    lib.swl_rmsnorm.restype = None
-    lib.swl_rope.argtypes = [_P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _I, _I]
-    lib.swl_rope.restype = None
-    lib.swl_decode_attention.argtypes = [_P, _I, _I, _P, _P, _I, _I, _I, _P, _I, _I, _P, _I, _I, _I, _I, _I,
-                                         ctypes.c_float, ctypes.c_int]
-    lib.swl_decode_attention.restype = None
-    lib.swl_silu_mul.argtypes = [_P, _P, _I, _I]
-    lib.swl_silu_mul.restype = None
-    lib.swl_attention_step.argtypes = [_P, _I, _P, _I, _P, _P, _I, _I, _P, _P, _I, _I, _I, _P, _I, _I, _P, _P, _I, _I,
-                                       _I, _I, _I, ctypes.c_float, ctypes.c_int]
-    lib.swl_attention_step.restype = None
     return lib
 
 
@@ -169,7 +161,7 @@ def _check(w: torch.Tensor, bias: torch.Tensor | None) -> None:
 
 def _out(x: torch.Tensor, N: int, out: torch.Tensor | None) -> torch.Tensor:
     if out is None:
-        return x.new_empty((*x.shape[:-1], N))
+        return torch.empty(*x.shape[:-1], N, dtype=_F32)  # ~2x cheaper than new_empty
     if not out.is_contiguous() or out.numel() != x.numel() // x.shape[-1] * N or out.dtype != torch.float32:
         raise ValueError("kernel out= must be a contiguous fp32 tensor of the result's size")
     return out
@@ -182,8 +174,7 @@ def linear_f32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     x2, M, K = _rows(x)
     N = weight.shape[0]
     y = _out(x, N, out)
-    _lib().swl_linear_f32(x2.data_ptr(), weight.data_ptr(), _ptr(bias), y.data_ptr(), M, K, N,
-                          torch.get_num_threads())
+    _lib().linear_f32(x2.data_ptr(), weight.data_ptr(), _ptr(bias), y.data_ptr(), M, K, N, torch.get_num_threads())
     return y
 
 
@@ -196,8 +187,8 @@ def linear_i8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, bias: torc
     x2, M, K = _rows(x)
     N = q.shape[0]
     y = _out(x, N, out)
-    _lib().swl_linear_i8(x2.data_ptr(), q.data_ptr(), scales.data_ptr(), _ptr(bias), y.data_ptr(), M, K, N,
-                         int(act16), torch.get_num_threads())
+    _lib().linear_i8(x2.data_ptr(), q.data_ptr(), scales.data_ptr(), _ptr(bias), y.data_ptr(), M, K, N,
+                     int(act16), torch.get_num_threads())
     return y
 
 
@@ -208,10 +199,10 @@ def linear_i4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, mins:
     _check(packed, bias)
     x2, M, K = _rows(x)
     N = packed.shape[0]
-    y = x.new_empty((*x.shape[:-1], N))
-    rc = _lib().swl_linear_i4(x2.data_ptr(), packed.data_ptr(), scales.data_ptr(), mins.data_ptr(), _ptr(bias),
-                              y.data_ptr(), M, K, N, group_size, torch.get_num_threads())
-    return None if rc else y
+    y = torch.empty(*x.shape[:-1], N, dtype=_F32)
+    ran = _lib().linear_i4(x2.data_ptr(), packed.data_ptr(), scales.data_ptr(), mins.data_ptr(), _ptr(bias),
+                           y.data_ptr(), M, K, N, group_size, torch.get_num_threads())
+    return y if ran else None
 
 
 # -- decode-step ops -------------------------------------------------------------------------
@@ -231,7 +222,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x2, R, C = _rows(x)
     _check(weight, None)
     y = torch.empty_like(x2)
-    _lib().swl_rmsnorm(x2.data_ptr(), weight.data_ptr(), y.data_ptr(), R, C, eps)
+    _lib().rmsnorm(x2.data_ptr(), weight.data_ptr(), y.data_ptr(), R, C, eps)
     return y
 
 
@@ -239,8 +230,8 @@ def _rope_one(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Te
     B, H, T, D = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
-    y = torch.empty(B, T, H, D)
-    _lib().swl_rope(x.data_ptr(), x.stride(0), x.stride(2), x.stride(1), cos.data_ptr(), sin.data_ptr(),
+    y = torch.empty(B, T, H, D, dtype=_F32)
+    _lib().rope(x.data_ptr(), x.stride(0), x.stride(2), x.stride(1), cos.data_ptr(), sin.data_ptr(),
                     y.data_ptr(), B, T, H, D, cos.shape[-1])
     return y.transpose(1, 2)
 
@@ -271,8 +262,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     if mask is not None:
         m = mask.expand(B, 1, 1, S)
         mptr, mb, ms = m.data_ptr(), m.stride(0), m.stride(3)
-    out = torch.empty(B, 1, H, D)
-    _lib().swl_decode_attention(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), v.data_ptr(), k.stride(0),
+    out = torch.empty(B, 1, H, D, dtype=_F32)
+    _lib().decode_attention(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), v.data_ptr(), k.stride(0),
                                 k.stride(1), k.stride(2), mptr, mb, ms, out.data_ptr(), B, H, Hkv, S, D, scale,
                                 torch.get_num_threads())
     return out.transpose(1, 2)
@@ -281,8 +272,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 def silu_mul(h: torch.Tensor) -> torch.Tensor:
     """h (..., 2I) = [gate | up] -> silu(gate) * up (..., I)."""
     h2, R, W = _rows(h)
-    out = torch.empty(*h.shape[:-1], W // 2)
-    _lib().swl_silu_mul(h2.data_ptr(), out.data_ptr(), R, W // 2)
+    out = torch.empty(*h.shape[:-1], W // 2, dtype=_F32)
+    _lib().silu_mul(h2.data_ptr(), out.data_ptr(), R, W // 2)
     return out
 
 
@@ -314,10 +305,10 @@ def attention_step(qkv: torch.Tensor, n_heads: int, n_kv: int, head_dim: int,
     if mask is not None:
         m = mask.expand(B, 1, 1, S)
         mptr, mb, ms = m.data_ptr(), m.stride(0), m.stride(3)
-    out = torch.empty(B, 1, n_heads * head_dim)
-    qbuf = torch.empty(B, n_heads, head_dim)
+    out = torch.empty(B, 1, n_heads * head_dim, dtype=_F32)
+    qbuf = torch.empty(B, n_heads, head_dim, dtype=_F32)
     kc, vc = k_cache, v_cache
-    _lib().swl_attention_step(qkv.data_ptr(), qkv.stride(0), input_pos.data_ptr(), pb, cptr, sptr, cb, rd,
+    _lib().attention_step(qkv.data_ptr(), qkv.stride(0), input_pos.data_ptr(), pb, cptr, sptr, cb, rd,
                               kc.data_ptr(), vc.data_ptr(), kc.stride(0), kc.stride(1), kc.stride(2), mptr, mb, ms,
                               out.data_ptr(), qbuf.data_ptr(), B, n_heads, n_kv, S, head_dim,
                               head_dim**-0.5 if scale is None else scale, torch.get_num_threads())

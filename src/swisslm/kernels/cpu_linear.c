@@ -34,7 +34,7 @@
 #define PF_BLOCKS 1
 #endif
 #ifndef F32_PF_BLOCKS
-#define F32_PF_BLOCKS 0
+#define F32_PF_BLOCKS 1
 #endif
 #ifndef PF_HINT
 #define PF_HINT _MM_HINT_T0

@@ -168,10 +168,9 @@ class _QuantLinearBase(nn.Module):
         return self._packed
 
     def _decode_sized(self, x: torch.Tensor) -> bool:
-        rows = x.numel() // x.shape[-1]
-        return (self.use_packed and (self._fbgemm or kernels.available()) and rows <= PACKED_MAX_ROWS
-                and x.device.type == "cpu" and x.dtype == torch.float32
-                and not (torch.is_grad_enabled() and x.requires_grad))
+        return (self.use_packed and x.is_cpu and x.dtype == torch.float32
+                and x.numel() <= PACKED_MAX_ROWS * x.shape[-1]
+                and not (torch.is_grad_enabled() and x.requires_grad) and (self._fbgemm or kernels.available()))
 
     def _kernel(self, x: torch.Tensor) -> torch.Tensor | None:
         """swisslm's CPU kernel product, or None where the kernel does not take this layer."""
