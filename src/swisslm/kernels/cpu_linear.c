@@ -43,6 +43,12 @@
 // that use it, loading every weight vector twice and running out of load ports.
 #define IN_REG(v) __asm__("" : "+x"(v))
 #define PREFETCH(p) _mm_prefetch((const char *)(p), PF_HINT)
+// Bytes of the block consumed by one 8-column step of the DOT kernels, prefetched ahead.
+#define PF_STEP(k)                                                                 \
+    do {                                                                           \
+        const char *a_ = pf_base + (k) * NB * (int64_t)sizeof(*w);                 \
+        for (int64_t o_ = 0; o_ < NB * 8 * (int64_t)sizeof(*w); o_ += 64) PREFETCH(a_ + o_); \
+    } while (0)
 
 static inline float hsum(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
@@ -83,14 +89,16 @@ static inline void store_rows(float *y, int64_t N, int64_t m, int64_t n0, int nb
         const WT *r[NB];                                                                           \
         for (int i = 0; i < NB; i++) r[i] = w + (i < nb ? i : nb - 1) * K; /* w: row n0 */                \
         const int64_t K8 = K & ~(int64_t)7;                                                        \
-        const int64_t pf = PFB * NB * K; /* same row, PFB blocks ahead */                          \
+        /* the block is NB * K contiguous weights; an 8-column step consumes NB * 8 of them:   \
+           prefetch those bytes PFB blocks ahead, as one sequential stream (see int16 path) */  \
+        const char *pf_base = (const char *)w + PFB * NB * K * (int64_t)sizeof(WT);               \
         int64_t m = 0;                                                                             \
         for (; m + 2 <= M; m += 2) {                                                               \
             const float *x0 = x + m * K, *x1 = x0 + K;                                             \
             __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;                     \
             __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;                                     \
             for (int64_t k = 0; k < K8; k += 8) {                                                  \
-                if (PFB && m == 0) for (int i = 0; i < NB; i++) PREFETCH(r[i] + k + pf);           \
+                if (PFB && m == 0) PF_STEP(k);                                                     \
                 __m256 v0 = _mm256_loadu_ps(x0 + k), v1 = _mm256_loadu_ps(x1 + k);                \
                 __m256 w0 = LOADW(r[0] + k), w1 = LOADW(r[1] + k);                                 \
                 IN_REG(w0); IN_REG(w1);                                                            \
@@ -119,7 +127,7 @@ static inline void store_rows(float *y, int64_t N, int64_t m, int64_t n0, int nb
             const float *x0 = x + m * K;                                                           \
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                            \
             for (int64_t k = 0; k < K8; k += 8) {                                                  \
-                if (PFB) for (int i = 0; i < NB; i++) PREFETCH(r[i] + k + pf);                     \
+                if (PFB) PF_STEP(k);                                                               \
                 __m256 v0 = _mm256_loadu_ps(x0 + k);                                               \
                 a0 = _mm256_fmadd_ps(LOADW(r[0] + k), v0, a0);                                     \
                 a1 = _mm256_fmadd_ps(LOADW(r[1] + k), v0, a1);                                     \
@@ -206,7 +214,11 @@ static void block_i8_i16(const int16_t *xq, const float *xs, const float *x, con
     const int8_t *r[NB];
     for (int i = 0; i < NB; i++) r[i] = w + (i < nb ? i : nb - 1) * K;
     const int64_t K16 = K & ~(int64_t)15;
-    const int64_t pf = PF_BLOCKS * NB * K;
+    // A block's NB rows are one contiguous stretch of NB * K bytes, and each 16-column step
+    // consumes NB * 16 = 64 of them: prefetch the same 64 bytes PF_BLOCKS blocks ahead, so the
+    // memory system sees one sequential stream instead of NB interleaved ones.
+    const char *pf_base = (const char *)w + PF_BLOCKS * NB * K;
+#define PREFETCH_BLOCK(k) PREFETCH(pf_base + (k) * NB)
     int64_t m = 0;
     for (; m + 2 <= M; m += 2) {
         const int16_t *x0 = xq + m * K, *x1 = x0 + K;
@@ -217,8 +229,7 @@ static void block_i8_i16(const int16_t *xq, const float *xs, const float *x, con
             __m256i a00 = _mm256_setzero_si256(), a01 = a00, a02 = a00, a03 = a00;
             __m256i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
             for (int64_t k = k0; k < k1; k += 16) {
-                if (m == 0)
-                    for (int i = 0; i < NB; i++) PREFETCH(r[i] + k + pf);
+                if (m == 0) PREFETCH_BLOCK(k);
                 __m256i v0 = _mm256_loadu_si256((const __m256i *)(x0 + k));
                 __m256i v1 = _mm256_loadu_si256((const __m256i *)(x1 + k));
                 __m256i w0 = load_w16(r[0] + k), w1 = load_w16(r[1] + k);
@@ -266,7 +277,7 @@ static void block_i8_i16(const int16_t *xq, const float *xs, const float *x, con
             const int64_t k1 = k0 + FLUSH_K < K16 ? k0 + FLUSH_K : K16;
             __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
             for (int64_t k = k0; k < k1; k += 16) {
-                for (int i = 0; i < NB; i++) PREFETCH(r[i] + k + pf);
+                PREFETCH_BLOCK(k);
                 __m256i v0 = _mm256_loadu_si256((const __m256i *)(x0 + k));
                 a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(load_w16(r[0] + k), v0));
                 a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(load_w16(r[1] + k), v0));
