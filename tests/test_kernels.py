@@ -167,6 +167,20 @@ def test_mixin_in_a_fused_slot_takes_the_generic_path():
     assert 1 in calls  # one-token steps went through the mixin
 
 
+def test_fresh_build_compiles_and_loads(monkeypatch, tmp_path):
+    # What a new machine does on first use (this process may have loaded a cached build).
+    import importlib.util
+
+    monkeypatch.setenv("SWISSLM_CACHE", str(tmp_path))
+    path = kernels._build()
+    assert path.parent == tmp_path / "kernels" and path.exists()
+    spec = importlib.util.spec_from_file_location("_swisslm_cpu", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.cpu_supported()
+    assert kernels._build() == path  # second call: cache hit, no rebuild
+
+
 def test_build_without_compiler_reports_and_falls_back(monkeypatch, tmp_path):
     monkeypatch.setenv("SWISSLM_CACHE", str(tmp_path))
     monkeypatch.setattr(kernels, "_compiler", lambda: None)
