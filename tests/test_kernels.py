@@ -186,3 +186,16 @@ def test_build_without_compiler_reports_and_falls_back(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_compiler", lambda: None)
     with pytest.raises(RuntimeError, match="no C compiler"):
         kernels._build()
+
+
+def test_bad_shapes_raise_instead_of_reading_past_buffers():
+    x = torch.randn(1, 64)
+    with pytest.raises(ValueError, match="features"):
+        kernels.linear_f32(x, torch.randn(8, 32))
+    q, s = quantize_int8_per_channel(torch.randn(8, 32))
+    with pytest.raises(ValueError, match="features"):
+        kernels.linear_i8(x, q, s)
+    k_cache, v_cache = torch.zeros(1, 2, 4, 16), torch.zeros(1, 2, 4, 16)
+    with pytest.raises(IndexError, match="cache"):  # the fused step never writes past the cache
+        kernels.attention_step(torch.randn(1, 1, 128), 4, 2, 16, None, k_cache, v_cache, torch.tensor([4]), None, 0.25)
+    assert not k_cache.any()

@@ -173,6 +173,8 @@ def linear_f32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     _check(weight, bias)
     x2, M, K = _rows(x)
     N = weight.shape[0]
+    if weight.shape[1] != K:
+        raise ValueError(f"x has {K} features, weight expects {weight.shape[1]}")
     y = _out(x, N, out)
     _lib().linear_f32(x2.data_ptr(), weight.data_ptr(), _ptr(bias), y.data_ptr(), M, K, N, torch.get_num_threads())
     return y
@@ -186,6 +188,8 @@ def linear_i8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, bias: torc
     _check(q, bias)
     x2, M, K = _rows(x)
     N = q.shape[0]
+    if q.shape[1] != K or scales.numel() != N:
+        raise ValueError(f"x has {K} features, int8 weight is {tuple(q.shape)} with {scales.numel()} scales")
     y = _out(x, N, out)
     _lib().linear_i8(x2.data_ptr(), q.data_ptr(), scales.data_ptr(), _ptr(bias), y.data_ptr(), M, K, N,
                      int(act16), torch.get_num_threads())
@@ -199,6 +203,8 @@ def linear_i4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, mins:
     _check(packed, bias)
     x2, M, K = _rows(x)
     N = packed.shape[0]
+    if packed.shape[1] * 2 != K or scales.shape != (N, K // group_size) or mins.shape != scales.shape:
+        raise ValueError(f"x has {K} features, int4 weight is {tuple(packed.shape)} with group {group_size}")
     y = torch.empty(*x.shape[:-1], N, dtype=_F32)
     ran = _lib().linear_i4(x2.data_ptr(), packed.data_ptr(), scales.data_ptr(), mins.data_ptr(), _ptr(bias),
                            y.data_ptr(), M, K, N, group_size, torch.get_num_threads())
@@ -221,6 +227,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """weight * x / sqrt(mean(x^2, -1) + eps), over the last dim (fp32 weight of that size)."""
     x2, R, C = _rows(x)
     _check(weight, None)
+    if weight.numel() != C:
+        raise ValueError(f"norm weight has {weight.numel()} entries for {C} features")
     y = torch.empty_like(x2)
     _lib().rmsnorm(x2.data_ptr(), weight.data_ptr(), y.data_ptr(), R, C, eps)
     return y
@@ -308,8 +316,12 @@ def attention_step(qkv: torch.Tensor, n_heads: int, n_kv: int, head_dim: int,
     out = torch.empty(B, 1, n_heads * head_dim, dtype=_F32)
     qbuf = torch.empty(B, n_heads, head_dim, dtype=_F32)
     kc, vc = k_cache, v_cache
-    _lib().attention_step(qkv.data_ptr(), qkv.stride(0), input_pos.data_ptr(), pb, cptr, sptr, cb, rd,
+    if qkv.shape[-1] != (n_heads + 2 * n_kv) * head_dim or kc.shape[-1] != head_dim:
+        raise ValueError(f"qkv width {qkv.shape[-1]} does not match {n_heads}+2x{n_kv} heads of {head_dim}")
+    ok = _lib().attention_step(qkv.data_ptr(), qkv.stride(0), input_pos.data_ptr(), pb, cptr, sptr, cb, rd,
                               kc.data_ptr(), vc.data_ptr(), kc.stride(0), kc.stride(1), kc.stride(2), mptr, mb, ms,
                               out.data_ptr(), qbuf.data_ptr(), B, n_heads, n_kv, S, head_dim,
                               head_dim**-0.5 if scale is None else scale, torch.get_num_threads())
+    if not ok:  # what index_copy_ on the cache would say, instead of writing past it
+        raise IndexError(f"cache position out of range for a KV cache of {S} slots")
     return out

@@ -220,11 +220,14 @@ static void rope_row(const float *x, const float *c, const float *s, float *y, i
 //   -> out (B, H D), the layout the output projection reads.
 // pos: int64 cache position of each row, element stride pb (0: one position for all rows).
 // cos/sin: (B, rd) rows with stride cb (0: shared). Attention as swl_decode_attention.
-void swl_attention_step(const float *qkv, int64_t qkv_stride, const int64_t *pos, int64_t pb,
+// Returns 0, or -1 (nothing written) when a row's position is outside the cache.
+int swl_attention_step(const float *qkv, int64_t qkv_stride, const int64_t *pos, int64_t pb,
                         const float *cos_, const float *sin_, int64_t cb, int64_t rd, float *kc, float *vc,
                         int64_t kb, int64_t kh, int64_t ks, const uint8_t *mask, int64_t mb, int64_t ms,
                         float *out, float *qbuf, int64_t B, int64_t H, int64_t Hkv, int64_t S, int64_t D,
                         float scale, int nthreads) {
+    for (int64_t b = 0; b < B; b++)
+        if (pos[b * pb] < 0 || pos[b * pb] >= S) return -1;
     for (int64_t b = 0; b < B; b++) {
         const float *row = qkv + b * qkv_stride, *c = cos_ + b * cb, *s = sin_ + b * cb;
         const int64_t p = pos[b * pb];
@@ -241,4 +244,5 @@ void swl_attention_step(const float *qkv, int64_t qkv_stride, const int64_t *pos
         }
     }
     swl_decode_attention(qbuf, H * D, D, kc, vc, kb, kh, ks, mask, mb, ms, out, B, H, Hkv, S, D, scale, nthreads);
+    return 0;
 }
