@@ -198,8 +198,9 @@ def linear_i8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, bias: torc
 
 def linear_i4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group_size: int,
               bias: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Weight-only int4 (see quant.layers.Int4Linear for the layout). None when the group size
-    is not a multiple of 32 (the caller then uses its dequantizing path)."""
+    """int4 weight (see quant.layers.Int4Linear for the layout) times activation rows scaled to
+    int16, as linear_i8 does. None when the group size is not a multiple of 16 (the caller then
+    uses its dequantizing path)."""
     _check(packed, bias)
     x2, M, K = _rows(x)
     N = packed.shape[0]

@@ -317,51 +317,128 @@ void swl_linear_i8(const float *x, const int8_t *w, const float *scales, const f
     free(xs);
 }
 
-// ---- int4 weights: dequantize a block of rows into an L1-resident fp32 tile, then block_f32 ----
-// The tile holds the exact weights (q * scale + min), so results equal an fp32 matmul with the
-// dequantized matrix up to summation order.
+// ---- int4 weights x 16-bit activations -------------------------------------------------------
+// W[n, k] = q * scale[n, g] + min[n, g] for the group g of column k, so with int16 activation
+// rows xq (scale xs, as for int8):
+//   y[m, n] = xs[m] * sum_g (scale[n, g] * sum_{k in g} q[n, k] xq[m, k] + min[n, g] * X[m, g])
+// where X[m, g] = sum_{k in g} xq[m, k] is computed once per call. Nibbles are widened to int16
+// in registers and multiplied with vpmaddwd; a group's int32 sums (at most 8 steps of
+// 2 * 15 * 32767) go to fp32 with the group's scale, lane by lane. Half the bytes of int8.
 
-static void dequant_i4_row(const uint8_t *p, const float *scales, const float *mins, float *out, int64_t K,
-                           int64_t gs) {
+static inline __m256i load_q4x16(const uint8_t *p) {  // 8 bytes = 16 nibbles -> 16 int16, column order
     const __m128i low = _mm_set1_epi8(0x0F);
-    for (int64_t g0 = 0; g0 < K; g0 += gs) {
-        const __m256 s = _mm256_set1_ps(scales[g0 / gs]), mn = _mm256_set1_ps(mins[g0 / gs]);
-        for (int64_t k = g0; k < g0 + gs; k += 32) {  // 16 bytes = 32 nibbles per step
-            __m128i b = _mm_loadu_si128((const __m128i *)(p + k / 2));
-            __m128i lo = _mm_and_si128(b, low), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low);
-            __m128i q0 = _mm_unpacklo_epi8(lo, hi), q1 = _mm_unpackhi_epi8(lo, hi);  // in column order
-            __m256 f0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q0));
-            __m256 f1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q0, 8)));
-            __m256 f2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q1));
-            __m256 f3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q1, 8)));
-            _mm256_storeu_ps(out + k, _mm256_fmadd_ps(f0, s, mn));
-            _mm256_storeu_ps(out + k + 8, _mm256_fmadd_ps(f1, s, mn));
-            _mm256_storeu_ps(out + k + 16, _mm256_fmadd_ps(f2, s, mn));
-            _mm256_storeu_ps(out + k + 24, _mm256_fmadd_ps(f3, s, mn));
+    __m128i b = _mm_loadl_epi64((const __m128i *)p);
+    __m128i lo = _mm_and_si128(b, low), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low);
+    return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(lo, hi));
+}
+
+static void block_i4_i16(const int16_t *xq, const float *xs, const int32_t *xg, const uint8_t *w,
+                         const float *scales, const float *mins, const float *bias, float *y, int64_t M, int64_t K,
+                         int64_t N, int64_t n0, int nb, int64_t gs) {
+    const int64_t G = K / gs, KB = K / 2;
+    const uint8_t *r[NB];
+    const float *sc[NB], *mn[NB];
+    for (int i = 0; i < NB; i++) {
+        const int64_t row = i < nb ? i : nb - 1;
+        r[i] = w + row * KB;
+        sc[i] = scales + row * G;
+        mn[i] = mins + row * G;
+    }
+    const char *pf_base = (const char *)w + PF_BLOCKS * NB * KB;  // one sequential stream, as for int8
+    int64_t m = 0;
+    for (; m + 2 <= M; m += 2) {  // two activation rows per unpacked weight vector
+        const int16_t *x0 = xq + m * K, *x1 = x0 + K;
+        __m256 f[2][NB];
+        for (int i = 0; i < NB; i++) f[0][i] = f[1][i] = _mm256_setzero_ps();
+        for (int64_t g = 0; g < G; g++) {
+            __m256i a00 = _mm256_setzero_si256(), a01 = a00, a02 = a00, a03 = a00;
+            __m256i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+            for (int64_t k = g * gs; k < (g + 1) * gs; k += 16) {
+                if (m == 0) PREFETCH(pf_base + k * NB / 2);
+                __m256i v0 = _mm256_loadu_si256((const __m256i *)(x0 + k));
+                __m256i v1 = _mm256_loadu_si256((const __m256i *)(x1 + k));
+                __m256i w0 = load_q4x16(r[0] + k / 2), w1 = load_q4x16(r[1] + k / 2);
+                a00 = _mm256_add_epi32(a00, _mm256_madd_epi16(w0, v0));
+                a10 = _mm256_add_epi32(a10, _mm256_madd_epi16(w0, v1));
+                a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(w1, v0));
+                a11 = _mm256_add_epi32(a11, _mm256_madd_epi16(w1, v1));
+                __m256i w2 = load_q4x16(r[2] + k / 2), w3 = load_q4x16(r[3] + k / 2);
+                a02 = _mm256_add_epi32(a02, _mm256_madd_epi16(w2, v0));
+                a12 = _mm256_add_epi32(a12, _mm256_madd_epi16(w2, v1));
+                a03 = _mm256_add_epi32(a03, _mm256_madd_epi16(w3, v0));
+                a13 = _mm256_add_epi32(a13, _mm256_madd_epi16(w3, v1));
+            }
+            const __m256 s0 = _mm256_set1_ps(sc[0][g]), s1 = _mm256_set1_ps(sc[1][g]);
+            const __m256 s2 = _mm256_set1_ps(sc[2][g]), s3 = _mm256_set1_ps(sc[3][g]);
+            f[0][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a00), s0, f[0][0]);
+            f[0][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a01), s1, f[0][1]);
+            f[0][2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a02), s2, f[0][2]);
+            f[0][3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a03), s3, f[0][3]);
+            f[1][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a10), s0, f[1][0]);
+            f[1][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a11), s1, f[1][1]);
+            f[1][2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a12), s2, f[1][2]);
+            f[1][3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a13), s3, f[1][3]);
         }
+        for (int j = 0; j < 2; j++) {
+            float t[4];
+            _mm_storeu_ps(t, hsum4(f[j][0], f[j][1], f[j][2], f[j][3]));
+            for (int i = 0; i < NB; i++) {
+                float mterm = 0.0f;
+                for (int64_t g = 0; g < G; g++) mterm += mn[i][g] * (float)xg[(m + j) * G + g];
+                t[i] = (t[i] + mterm) * xs[m + j];
+            }
+            store_rows(y, N, m + j, n0, nb, _mm_loadu_ps(t), NULL, bias);
+        }
+    }
+    for (; m < M; m++) {  // same arithmetic per row as the pair loop: batch-invariant
+        const int16_t *x0 = xq + m * K;
+        __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;
+        for (int64_t g = 0; g < G; g++) {
+            __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t k = g * gs; k < (g + 1) * gs; k += 16) {
+                PREFETCH(pf_base + k * NB / 2);
+                __m256i v = _mm256_loadu_si256((const __m256i *)(x0 + k));
+                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(load_q4x16(r[0] + k / 2), v));
+                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(load_q4x16(r[1] + k / 2), v));
+                a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(load_q4x16(r[2] + k / 2), v));
+                a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(load_q4x16(r[3] + k / 2), v));
+            }
+            f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), _mm256_set1_ps(sc[0][g]), f0);
+            f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), _mm256_set1_ps(sc[1][g]), f1);
+            f2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a2), _mm256_set1_ps(sc[2][g]), f2);
+            f3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a3), _mm256_set1_ps(sc[3][g]), f3);
+        }
+        float t[4];
+        _mm_storeu_ps(t, hsum4(f0, f1, f2, f3));
+        for (int i = 0; i < NB; i++) {
+            float mterm = 0.0f;
+            for (int64_t g = 0; g < G; g++) mterm += mn[i][g] * (float)xg[m * G + g];
+            t[i] = (t[i] + mterm) * xs[m];
+        }
+        store_rows(y, N, m, n0, nb, _mm_loadu_ps(t), NULL, bias);
     }
 }
 
-// Returns 0, or -1 when the group size is not a multiple of 32 (caller falls back).
+// Returns 0, or -1 when the group size is not a multiple of 16 or does not divide K.
 int swl_linear_i4(const float *x, const uint8_t *w, const float *scales, const float *mins, const float *bias,
                   float *y, int64_t M, int64_t K, int64_t N, int64_t group_size, int nthreads) {
-    if (group_size % 32 || K % group_size) return -1;
+    if (group_size % 16 || K % group_size) return -1;
     const int64_t G = K / group_size;
-    const int64_t nblocks = (N + NB - 1) / NB;
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        float *tile = malloc(sizeof(float) * NB * K);  // per thread; stays in L1/L2 across the block
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < nblocks; b++) {
-            const int64_t n0 = b * NB;
-            const int nb = (int)(N - n0 < NB ? N - n0 : NB);
-            for (int i = 0; i < nb; i++)
-                dequant_i4_row(w + (n0 + i) * (K / 2), scales + (n0 + i) * G, mins + (n0 + i) * G, tile + i * K,
-                               K, group_size);
-            block_f32(x, tile, NULL, bias, y, M, K, N, n0, nb);
+    int16_t *xq = malloc(sizeof(int16_t) * M * K);
+    float *xs = malloc(sizeof(float) * M);
+    int32_t *xg = malloc(sizeof(int32_t) * M * G);
+    quantize_rows_i16(x, xq, xs, M, K);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t g = 0; g < G; g++) {
+            int32_t s = 0;
+            for (int64_t k = g * group_size; k < (g + 1) * group_size; k++) s += xq[m * K + k];
+            xg[m * G + g] = s;
         }
-        free(tile);
-    }
+    PARALLEL_ROW_BLOCKS(block_i4_i16(xq, xs, xg, w + n0 * (K / 2), scales + n0 * G, mins + n0 * G, bias, y, M, K, N,
+                                     n0, nb, group_size))
+    free(xq);
+    free(xs);
+    free(xg);
     return 0;
 }
 
