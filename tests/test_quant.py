@@ -54,7 +54,7 @@ def test_int8_linear_matches_float(bias, batch):
     torch.manual_seed(0)
     lin = nn.Linear(96, 80, bias=bias)
     q = Int8Linear.from_linear(lin)
-    x = torch.randn(batch, 1, 96)  # decode-sized: <= PACKED_MAX_ROWS rows take the packed kernel
+    x = torch.randn(batch, 1, 96)  # decode-sized: <= kernels.MAX_ROWS rows take the packed kernel
     with torch.no_grad():
         ref = lin(x)
         q.use_packed = False

@@ -33,7 +33,7 @@ def sdpa_attention(
     """q (B, H, T, D), k/v (B, H_kv, S, D), mask bool (B, 1, T, S) True = attend.
     A one-token CPU step runs swisslm's decode kernel, which reads only the cached keys the
     mask lets through; SDPA reads the whole static cache."""
-    if (q.shape[2] == 1 and kernels.ops_ok(q) and kernels.ops_ok(k) and kernels.ops_ok(v)
+    if (q.shape[2] == 1 and kernels.decode_ok(q) and kernels.decode_ok(k) and kernels.decode_ok(v)
             and (mask is None or mask.dtype == torch.bool)):
         return kernels.decode_attention(q, k, v, mask, scale)
     return F.scaled_dot_product_attention(
@@ -115,7 +115,7 @@ class Attention(nn.Module):
         return (self.qkv_transform_impl is _identity_qkv and self.attention_fn_impl is sdpa_attention
                 and (self.position_embedding_impl is no_rotary
                      or (self.position_embedding_impl is apply_rotary and rope is not None))
-                and kernels.ops_ok(qkv) and self.cache.k.dtype == torch.float32
+                and kernels.decode_ok(qkv) and self.cache.k.dtype == torch.float32
                 and self.cache.k.stride(-1) == 1 and self.cache.k.stride() == self.cache.v.stride()
                 and (mask is None or mask.dtype == torch.bool))
 

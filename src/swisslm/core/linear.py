@@ -21,7 +21,6 @@ from .. import kernels
 class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if (w.dtype == torch.float32 and not (torch.is_grad_enabled() and w.requires_grad)
-                and kernels.linear_ok(x) and w.is_contiguous()):
+        if w.dtype == torch.float32 and kernels.decode_ok(x, w) and w.is_contiguous():
             return kernels.linear_f32(x, w, self.bias)
         return F.linear(x, w, self.bias)

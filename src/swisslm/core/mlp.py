@@ -31,7 +31,7 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.gate_up(x)
-        if self.act is F.silu and kernels.ops_ok(h):
+        if self.act is F.silu and kernels.decode_ok(h):
             return self.down(kernels.silu_mul(h))  # decode: one call for split + silu + mul
         gate, up = h.split(self.inter, dim=-1)
         return self.down(self.act(gate) * up)

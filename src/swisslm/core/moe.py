@@ -73,7 +73,7 @@ def _grouped_linear_eager(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) 
     # CPU kernel (in place, no copy); it reads the weight at close to memory bandwidth where
     # torch's mm on these GEMV shapes does not.
     out = x.new_empty(x.shape[0], w.shape[1])
-    fast = x.dtype == w.dtype and kernels.linear_ok(x[:1]) and w.is_contiguous()
+    fast = x.dtype == w.dtype and kernels.decode_ok(x[:1]) and w.is_contiguous()
     start = 0
     for e, end in enumerate(offs.tolist()):
         if end > start:

@@ -2,11 +2,10 @@
 """Hand-written CPU kernels for the decode step (the why is at the top of each C file).
 
     from swisslm import kernels
-    if kernels.linear_ok(x):                  # small fp32 CPU batch, no autograd, not compiling
+    if kernels.decode_ok(x, weight):          # small fp32 CPU batch, no autograd, not compiling
         y = kernels.linear_f32(x, weight, bias)
         y = kernels.linear_i8(x, q, scales, bias)
         y = kernels.linear_i4(x, packed, scales, mins, group_size, bias)
-    if kernels.ops_ok(x):                     # any fp32 CPU tensor, no autograd, not compiling
         y = kernels.rms_norm(x, weight, eps)
         q, k = kernels.rope(q, k, cos, sin)
         y = kernels.decode_attention(q, k_cache, v_cache, mask, scale)
@@ -129,12 +128,20 @@ def available() -> bool:
     return _enabled and _lib() is not None
 
 
-def linear_ok(x: torch.Tensor) -> bool:
-    """Whether `x` is a decode-sized fp32 CPU input the kernels should take. False under
-    torch.compile tracing and when autograd needs a graph through this product."""
-    return (x.is_cpu and x.dtype == torch.float32 and x.numel() <= MAX_ROWS * x.shape[-1]
-            and not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and x.requires_grad)
-            and available())
+def decode_sized(x: torch.Tensor) -> bool:
+    """Whether `x` is a decode-sized product input: fp32 on the CPU, at most MAX_ROWS rows, and
+    no autograd graph needed through it. (The quantized layers ask this on its own: under
+    torch.compile they route such inputs to an opaque op that runs the kernels.)"""
+    return (x.is_cpu and x.dtype == _F32 and x.numel() <= MAX_ROWS * x.shape[-1]
+            and not (torch.is_grad_enabled() and x.requires_grad))
+
+
+def decode_ok(x: torch.Tensor, weight: torch.Tensor | None = None) -> bool:
+    """Whether the kernels should take `x` (and multiply it by `weight`, fp32 or not): `x` is
+    decode_sized, autograd needs no graph through `weight` either, torch.compile is not tracing
+    (it takes the torch path, which inductor captures), and the kernels are available."""
+    return (decode_sized(x) and not torch.compiler.is_compiling()
+            and (weight is None or not (torch.is_grad_enabled() and weight.requires_grad)) and available())
 
 
 def _rows(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -157,6 +164,15 @@ def _check(w: torch.Tensor, bias: torch.Tensor | None) -> None:
         raise ValueError("kernel weight must be contiguous")
     if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
         raise ValueError("kernel bias must be contiguous fp32")
+
+
+def _mask_args(mask: torch.Tensor | None, B: int, S: int) -> tuple[int | None, int, int]:
+    """(pointer, batch stride, key stride) of a bool mask broadcastable to (B, 1, 1, S); the
+    kernels read it in place, broadcast rows included (stride 0)."""
+    if mask is None:
+        return None, 0, 0
+    m = mask.expand(B, 1, 1, S)
+    return m.data_ptr(), m.stride(0), m.stride(3)
 
 
 def _out(x: torch.Tensor, N: int, out: torch.Tensor | None) -> torch.Tensor:
@@ -206,22 +222,14 @@ def linear_i4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, mins:
     N = packed.shape[0]
     if packed.shape[1] * 2 != K or scales.shape != (N, K // group_size) or mins.shape != scales.shape:
         raise ValueError(f"x has {K} features, int4 weight is {tuple(packed.shape)} with group {group_size}")
-    y = torch.empty(*x.shape[:-1], N, dtype=_F32)
+    y = _out(x, N, None)
     ran = _lib().linear_i4(x2.data_ptr(), packed.data_ptr(), scales.data_ptr(), mins.data_ptr(), _ptr(bias),
                            y.data_ptr(), M, K, N, group_size, torch.get_num_threads())
     return y if ran else None
 
 
 # -- decode-step ops -------------------------------------------------------------------------
-
-
-def ops_ok(x: torch.Tensor) -> bool:
-    """Whether the elementwise/attention kernels may take `x`: decode-sized (at most MAX_ROWS
-    rows; they are single-threaded, torch's ops win on prefill), fp32 on the CPU, no autograd
-    graph needed through it, not being traced by torch.compile."""
-    return (x.is_cpu and x.dtype == torch.float32 and x.numel() <= MAX_ROWS * x.shape[-1]
-            and not torch.compiler.is_compiling()
-            and not (torch.is_grad_enabled() and x.requires_grad) and available())
+# Single-threaded (a thread team costs more than these sizes), hence decode sizes only.
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -241,7 +249,7 @@ def _rope_one(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Te
         x = x.contiguous()
     y = torch.empty(B, T, H, D, dtype=_F32)
     _lib().rope(x.data_ptr(), x.stride(0), x.stride(2), x.stride(1), cos.data_ptr(), sin.data_ptr(),
-                    y.data_ptr(), B, T, H, D, cos.shape[-1])
+                y.data_ptr(), B, T, H, D, cos.shape[-1])
     return y.transpose(1, 2)
 
 
@@ -267,14 +275,11 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
         q = q.contiguous()
     if k.stride(-1) != 1 or v.stride() != k.stride():
         k, v = k.contiguous(), v.contiguous()
-    mptr, mb, ms = None, 0, 0
-    if mask is not None:
-        m = mask.expand(B, 1, 1, S)
-        mptr, mb, ms = m.data_ptr(), m.stride(0), m.stride(3)
+    mptr, mb, ms = _mask_args(mask, B, S)
     out = torch.empty(B, 1, H, D, dtype=_F32)
     _lib().decode_attention(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), v.data_ptr(), k.stride(0),
-                                k.stride(1), k.stride(2), mptr, mb, ms, out.data_ptr(), B, H, Hkv, S, D, scale,
-                                torch.get_num_threads())
+                            k.stride(1), k.stride(2), mptr, mb, ms, out.data_ptr(), B, H, Hkv, S, D, scale,
+                            torch.get_num_threads())
     return out.transpose(1, 2)
 
 
@@ -297,6 +302,8 @@ def attention_step(qkv: torch.Tensor, n_heads: int, n_kv: int, head_dim: int,
     a contiguous head dim; the writes land in them in place."""
     B = qkv.shape[0]
     S = k_cache.shape[2]
+    if qkv.shape[-1] != (n_heads + 2 * n_kv) * head_dim or k_cache.shape[-1] != head_dim:
+        raise ValueError(f"qkv width {qkv.shape[-1]} does not match {n_heads}+2x{n_kv} heads of {head_dim}")
     if qkv.stride(-1) != 1:
         qkv = qkv.contiguous()
     if input_pos.dtype != torch.int64 or input_pos.stride(-1) != 1:
@@ -310,19 +317,14 @@ def attention_step(qkv: torch.Tensor, n_heads: int, n_kv: int, head_dim: int,
             cos, sin = cos.contiguous(), sin.contiguous()
         cptr, sptr, rd = cos.data_ptr(), sin.data_ptr(), cos.shape[-1]
         cb = cos.stride(0) if cos.shape[0] == B else 0
-    mptr, mb, ms = None, 0, 0
-    if mask is not None:
-        m = mask.expand(B, 1, 1, S)
-        mptr, mb, ms = m.data_ptr(), m.stride(0), m.stride(3)
+    mptr, mb, ms = _mask_args(mask, B, S)
     out = torch.empty(B, 1, n_heads * head_dim, dtype=_F32)
     qbuf = torch.empty(B, n_heads, head_dim, dtype=_F32)
     kc, vc = k_cache, v_cache
-    if qkv.shape[-1] != (n_heads + 2 * n_kv) * head_dim or kc.shape[-1] != head_dim:
-        raise ValueError(f"qkv width {qkv.shape[-1]} does not match {n_heads}+2x{n_kv} heads of {head_dim}")
     ok = _lib().attention_step(qkv.data_ptr(), qkv.stride(0), input_pos.data_ptr(), pb, cptr, sptr, cb, rd,
-                              kc.data_ptr(), vc.data_ptr(), kc.stride(0), kc.stride(1), kc.stride(2), mptr, mb, ms,
-                              out.data_ptr(), qbuf.data_ptr(), B, n_heads, n_kv, S, head_dim,
-                              head_dim**-0.5 if scale is None else scale, torch.get_num_threads())
+                               kc.data_ptr(), vc.data_ptr(), kc.stride(0), kc.stride(1), kc.stride(2), mptr, mb, ms,
+                               out.data_ptr(), qbuf.data_ptr(), B, n_heads, n_kv, S, head_dim,
+                               head_dim**-0.5 if scale is None else scale, torch.get_num_threads())
     if not ok:  # what index_copy_ on the cache would say, instead of writing past it
         raise IndexError(f"cache position out of range for a KV cache of {S} slots")
     return out

@@ -55,33 +55,36 @@ void swl_rmsnorm(const float *x, const float *w, float *y, int64_t rows, int64_t
     }
 }
 
-// Rotate-half rotary embedding of x viewed as (B, T, H, D) with element strides (sb, st, sh) and
-// contiguous D, into y (B, T, H, D) contiguous. cos/sin: (B, T, rd) contiguous (both halves
-// equal, as rope_cos_sin builds them); channels >= rd pass through (partial rotary).
+// Rotate-half rotary of one head: y = x * cos + rotate_half(x) * sin over the first rd channels
+// (cos/sin rows of rd, both halves equal, as rope_cos_sin builds them); channels >= rd pass
+// through (partial rotary).
+static void rope_row(const float *x, const float *c, const float *s, float *y, int64_t D, int64_t rd) {
+    const int64_t half = rd / 2;
+    int64_t i = 0;
+    for (; i + 8 <= half; i += 8) {
+        __m256 x1 = _mm256_loadu_ps(x + i), x2 = _mm256_loadu_ps(x + half + i);
+        __m256 c1 = _mm256_loadu_ps(c + i), s1 = _mm256_loadu_ps(s + i);
+        __m256 c2 = _mm256_loadu_ps(c + half + i), s2 = _mm256_loadu_ps(s + half + i);
+        _mm256_storeu_ps(y + i, _mm256_sub_ps(_mm256_mul_ps(x1, c1), _mm256_mul_ps(x2, s1)));
+        _mm256_storeu_ps(y + half + i, _mm256_add_ps(_mm256_mul_ps(x2, c2), _mm256_mul_ps(x1, s2)));
+    }
+    for (; i < half; i++) {
+        float x1 = x[i], x2 = x[half + i];
+        y[i] = x1 * c[i] - x2 * s[i];
+        y[half + i] = x2 * c[half + i] + x1 * s[half + i];
+    }
+    for (i = rd; i < D; i++) y[i] = x[i];
+}
+
+// rope_row over x viewed as (B, T, H, D) with element strides (sb, st, sh) and contiguous D,
+// into y (B, T, H, D) contiguous; cos/sin: (B, T, rd) contiguous.
 void swl_rope(const float *x, int64_t sb, int64_t st, int64_t sh, const float *cos_, const float *sin_,
               float *y, int64_t B, int64_t T, int64_t H, int64_t D, int64_t rd) {
-    const int64_t half = rd / 2;
     for (int64_t b = 0; b < B; b++)
         for (int64_t t = 0; t < T; t++) {
             const float *c = cos_ + (b * T + t) * rd, *s = sin_ + (b * T + t) * rd;
-            for (int64_t h = 0; h < H; h++) {
-                const float *xr = x + b * sb + t * st + h * sh;
-                float *yr = y + ((b * T + t) * H + h) * D;
-                int64_t i = 0;
-                for (; i + 8 <= half; i += 8) {
-                    __m256 x1 = _mm256_loadu_ps(xr + i), x2 = _mm256_loadu_ps(xr + half + i);
-                    __m256 c1 = _mm256_loadu_ps(c + i), s1 = _mm256_loadu_ps(s + i);
-                    __m256 c2 = _mm256_loadu_ps(c + half + i), s2 = _mm256_loadu_ps(s + half + i);
-                    _mm256_storeu_ps(yr + i, _mm256_sub_ps(_mm256_mul_ps(x1, c1), _mm256_mul_ps(x2, s1)));
-                    _mm256_storeu_ps(yr + half + i, _mm256_add_ps(_mm256_mul_ps(x2, c2), _mm256_mul_ps(x1, s2)));
-                }
-                for (; i < half; i++) {
-                    float x1 = xr[i], x2 = xr[half + i];
-                    yr[i] = x1 * c[i] - x2 * s[i];
-                    yr[half + i] = x2 * c[half + i] + x1 * s[half + i];
-                }
-                for (i = rd; i < D; i++) yr[i] = xr[i];
-            }
+            for (int64_t h = 0; h < H; h++)
+                rope_row(x + b * sb + t * st + h * sh, c, s, y + ((b * T + t) * H + h) * D, D, rd);
         }
 }
 
@@ -204,16 +207,6 @@ void swl_silu_mul(const float *h, float *out, int64_t R, int64_t I) {
     }
 }
 
-static void rope_row(const float *x, const float *c, const float *s, float *y, int64_t D, int64_t rd) {
-    const int64_t half = rd / 2;
-    for (int64_t i = 0; i < half; i++) {
-        float x1 = x[i], x2 = x[half + i];
-        y[i] = x1 * c[i] - x2 * s[i];
-        y[half + i] = x2 * c[half + i] + x1 * s[half + i];
-    }
-    for (int64_t i = rd; i < D; i++) y[i] = x[i];
-}
-
 // The whole one-token attention of a Llama-style layer after the qkv projection:
 //   split qkv (B, (H + 2 Hkv) D) rows -> rotary on q, k (rd channels; rd = 0: none) -> write k, v
 //   into the caches at each row's position -> attention over the visible cached keys
@@ -229,17 +222,15 @@ int swl_attention_step(const float *qkv, int64_t qkv_stride, const int64_t *pos,
     for (int64_t b = 0; b < B; b++)
         if (pos[b * pb] < 0 || pos[b * pb] >= S) return -1;
     for (int64_t b = 0; b < B; b++) {
-        const float *row = qkv + b * qkv_stride, *c = cos_ + b * cb, *s = sin_ + b * cb;
+        const float *row = qkv + b * qkv_stride;
+        const float *c = rd ? cos_ + b * cb : NULL, *s = rd ? sin_ + b * cb : NULL;
         const int64_t p = pos[b * pb];
-        for (int64_t h = 0; h < H; h++) {
-            if (rd) rope_row(row + h * D, c, s, qbuf + (b * H + h) * D, D, rd);
-            else for (int64_t d = 0; d < D; d++) qbuf[(b * H + h) * D + d] = row[h * D + d];
-        }
+        // rope_row with rd = 0 (no rotary) is a plain copy
+        for (int64_t h = 0; h < H; h++) rope_row(row + h * D, c, s, qbuf + (b * H + h) * D, D, rd);
         for (int64_t h = 0; h < Hkv; h++) {
-            const float *kr = row + (H + h) * D, *vr = row + (H + Hkv + h) * D;
-            float *kd = kc + b * kb + h * kh + p * ks, *vd = vc + b * kb + h * kh + p * ks;
-            if (rd) rope_row(kr, c, s, kd, D, rd);
-            else for (int64_t d = 0; d < D; d++) kd[d] = kr[d];
+            const float *vr = row + (H + Hkv + h) * D;
+            float *vd = vc + b * kb + h * kh + p * ks;
+            rope_row(row + (H + h) * D, c, s, kc + b * kb + h * kh + p * ks, D, rd);
             for (int64_t d = 0; d < D; d++) vd[d] = vr[d];
         }
     }

@@ -43,10 +43,6 @@ INT4_GROUP_SIZES = (32, 64, 128)
 # bits so AVX2's u8*s8 pair sums (vpmaddubsw, int16) cannot saturate; PyTorch's own default.
 REDUCE_RANGE = True
 
-# Above this many rows the fbgemm fallback hands over to dequantize + fp32 GEMM.
-PACKED_MAX_ROWS = 16
-
-
 # -- quantization maths ----------------------------------------------------------------------
 
 
@@ -168,9 +164,9 @@ class _QuantLinearBase(nn.Module):
         return self._packed
 
     def _decode_sized(self, x: torch.Tensor) -> bool:
-        return (self.use_packed and x.is_cpu and x.dtype == torch.float32
-                and x.numel() <= PACKED_MAX_ROWS * x.shape[-1]
-                and not (torch.is_grad_enabled() and x.requires_grad) and (self._fbgemm or kernels.available()))
+        # Above kernels.MAX_ROWS rows (prefill, scoring) the layer dequantizes and runs the GEMM,
+        # with or without the kernels (the fbgemm fallback uses the same bound).
+        return self.use_packed and kernels.decode_sized(x) and (self._fbgemm or kernels.available())
 
     def _kernel(self, x: torch.Tensor) -> torch.Tensor | None:
         """swisslm's CPU kernel product, or None where the kernel does not take this layer."""

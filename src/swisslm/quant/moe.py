@@ -51,7 +51,7 @@ class QuantMoE(MoE):
             and not (torch.is_grad_enabled() and x.requires_grad)
         use_kernel = small_ok and kernels.available() and not torch.compiler.is_compiling()
         use_fbgemm = small_ok and not use_kernel and layers.fbgemm_available()
-        packs = self._packs(which) if use_fbgemm and x.shape[0] <= layers.PACKED_MAX_ROWS else None
+        packs = self._packs(which) if use_fbgemm and x.shape[0] <= kernels.MAX_ROWS else None
         scales = getattr(self, which + "_scales")
         start = 0
         for e, end in enumerate(offs.tolist()):
