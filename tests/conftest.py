@@ -48,3 +48,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny random Llama (seeded), for tests of what sits on top of a model (scoring,
+    perplexity) rather than of the model maths."""
+    import swisslm
+    from swisslm.config import ModelConfig
+
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                      max_position_embeddings=64)
+    return swisslm.AutoModel.from_config(cfg, seed=0).eval()

@@ -9,18 +9,9 @@ import json
 import pytest
 import torch
 
-import swisslm
-from swisslm.config import ModelConfig
 from swisslm.generation import encode_pair, loglikelihood
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-                      max_position_embeddings=64)
-    return swisslm.AutoModel.from_config(cfg, seed=0).eval()
 
 
 @torch.no_grad()

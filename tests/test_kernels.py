@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import swisslm
 from swisslm import kernels
+from swisslm.config import ModelConfig
 from swisslm.core.attention import eager_attention
 from swisslm.core.rope import apply_rotary, rope_cos_sin
 from swisslm.quant.layers import dequantize_int4, quantize_int4_per_group, quantize_int8_per_channel
@@ -115,15 +117,9 @@ def test_fully_masked_row_gives_zeros_not_nan():
 
 
 def _tiny_llama(**over):
-    from swisslm.config import ModelConfig
-    from swisslm.core.backbone import Transformer
-
     cfg = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
                       num_kv_heads=2, head_dim=16, max_position_embeddings=128, **over)
-    torch.manual_seed(0)
-    m = Transformer(cfg)
-    m.init_weights()
-    return m.eval()
+    return swisslm.AutoModel.from_config(cfg, seed=0).eval()
 
 
 def _decode_logits(model, prompt, steps, mask_pad=0):

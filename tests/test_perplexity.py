@@ -11,8 +11,6 @@ import math
 import pytest
 import torch
 
-import swisslm
-from swisslm.config import ModelConfig
 from swisslm.generation import perplexity, perplexity_details
 
 TEXT = (
@@ -66,13 +64,6 @@ def test_smollm2_matches_transformers(smollm2, tmp_path):
     ours = perplexity_details(smollm2, ids, 96, 96)
     assert abs(ours.perplexity / guide_perplexity(hf, ids, 96, 96) - 1) < 1e-5
     assert ours.num_tokens == ids.shape[1] - 3  # each window's first token has no context to be scored
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-                      max_position_embeddings=64)
-    return swisslm.AutoModel.from_config(cfg, seed=0).eval()
 
 
 @torch.no_grad()
