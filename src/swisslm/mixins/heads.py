@@ -23,7 +23,7 @@ from torch import nn
 
 from ..core.mlp import ACTIVATIONS
 from ..core.slots import Mixin
-from .lora import freeze_base_parameters, unfreeze
+from .lora import attach_trainable, detach_trainable
 
 Pooling = Literal["last", "mean", "first"]
 
@@ -75,16 +75,10 @@ class ClassificationHeadMixin(Mixin):
         self._frozen: list[nn.Parameter] = []
 
     def attach(self, model: nn.Module) -> None:
-        self.train(model.training)  # follow the model's mode (dropout off in eval)
-        p = next(model.parameters())
-        if p.is_floating_point():
-            self.to(device=p.device, dtype=p.dtype)
-        if self.freeze_base:
-            self._frozen = freeze_base_parameters(model, keep=list(self.parameters()))
+        attach_trainable(self, model)
 
     def detach(self, model: nn.Module) -> None:
-        frozen, self._frozen = self._frozen, []
-        unfreeze(model, frozen)
+        detach_trainable(self, model)
 
     def output_head(self, h: torch.Tensor) -> torch.Tensor:
         """Slot: per-position scores (B, T, num_labels) instead of vocabulary logits."""

@@ -560,6 +560,24 @@ def unfreeze(model: nn.Module, params: Sequence[nn.Parameter]) -> None:
             m._frozen += freeze_base_parameters(model, keep=keep)
 
 
+def attach_trainable(mixin: nn.Module, model: nn.Module) -> None:
+    """attach() of a mixin whose own parameters are what trains (a head, a prefix): follow the
+    model's mode (dropout off in eval), device and float dtype, and freeze the base when the
+    mixin's `freeze_base` asks (kept in `mixin._frozen` for detach_trainable)."""
+    mixin.train(model.training)
+    p = next(model.parameters())
+    if p.is_floating_point():
+        mixin.to(device=p.device, dtype=p.dtype)  # a no-op when they already match
+    if mixin.freeze_base:
+        mixin._frozen = freeze_base_parameters(model, keep=list(mixin.parameters()))
+
+
+def detach_trainable(mixin: nn.Module, model: nn.Module) -> None:
+    """detach() counterpart of attach_trainable: give back what it froze."""
+    frozen, mixin._frozen = mixin._frozen, []
+    unfreeze(model, frozen)
+
+
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts, shared tensors counted once."""
     params = {id(p): p for p in model.parameters()}.values()

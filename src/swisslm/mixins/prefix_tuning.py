@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..core.slots import Mixin
-from .lora import freeze_base_parameters, unfreeze
+from .lora import attach_trainable, detach_trainable
 
 
 class PrefixTuningMixin(Mixin):
@@ -42,16 +42,10 @@ class PrefixTuningMixin(Mixin):
         return cls(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, prefix_len, **kw)
 
     def attach(self, model: nn.Module) -> None:
-        self.train(model.training)  # follow the model's mode (dropout off in eval)
-        p = next(model.parameters())
-        if p.is_floating_point() and (self.prefix_k.device != p.device or self.prefix_k.dtype != p.dtype):
-            self.to(device=p.device, dtype=p.dtype)
-        if self.freeze_base:
-            self._frozen = freeze_base_parameters(model, keep=list(self.parameters()))
+        attach_trainable(self, model)
 
     def detach(self, model: nn.Module) -> None:
-        frozen, self._frozen = self._frozen, []
-        unfreeze(model, frozen)
+        detach_trainable(self, model)
 
     def attention_fn(self, q, k, v, mask, scale, is_causal, *, prev, layer):
         B, _, T, _ = q.shape  # (B, H, T, D)
