@@ -140,11 +140,19 @@ def _decode_logits(model, prompt, steps, mask_pad=0):
     return torch.stack(out, 1)
 
 
-@pytest.mark.parametrize("over", [{}, {"rotary_pct": 0.5}, {"position": "absolute"}])
-def test_model_decode_with_kernels_equals_torch_path(over):
+@pytest.mark.parametrize("over", [{}, {"rotary_pct": 0.5}, {"position": "absolute"}, {"qk_norm": "full"}])
+def test_model_decode_with_kernels_equals_torch_path(over, monkeypatch):
     model = _tiny_llama(**over)
     prompt = torch.randint(0, 97, (3, 6))
+    calls = []
+    for name in ("attention_step", "decode_attention"):  # which one-token attention kernel ran
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name,
+                            lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     fast = _decode_logits(model, prompt, 8, mask_pad=2)
+    # q/k norm is not a default slot, so that model takes the generic path, whose SDPA function
+    # still runs the decode kernel over the cache
+    assert set(calls) == {"decode_attention" if over.get("qk_norm") else "attention_step"}
     with kernels_off():
         ref = _decode_logits(model, prompt, 8, mask_pad=2)
     torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)

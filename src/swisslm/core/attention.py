@@ -33,7 +33,11 @@ def sdpa_attention(
     """q (B, H, T, D), k/v (B, H_kv, S, D), mask bool (B, 1, T, S) True = attend.
     A one-token CPU step runs swisslm's decode kernel, which reads only the cached keys the
     mask lets through; SDPA reads the whole static cache."""
-    if (q.shape[2] == 1 and kernels.decode_ok(q) and kernels.decode_ok(k) and kernels.decode_ok(v)
+    # Decode-sized means up to MAX_ROWS batch rows (q[:, 0] is (B, 1, D)); the caches are long by
+    # design, so k and v need only be fp32 CPU tensors with no autograd through them.
+    if (q.shape[2] == 1 and kernels.decode_ok(q[:, 0]) and k.is_cpu and v.is_cpu
+            and k.dtype == v.dtype == torch.float32
+            and not (torch.is_grad_enabled() and (k.requires_grad or v.requires_grad))
             and (mask is None or mask.dtype == torch.bool)):
         return kernels.decode_attention(q, k, v, mask, scale)
     return F.scaled_dot_product_attention(
