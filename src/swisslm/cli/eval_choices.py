@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..io.jsonl import iter_jsonl
 from .common import UsageError, add_model_args, check_positive, load_model_from_args, require_tokenizer
 
 GOLD_KEYS = ("gold", "label", "answer")
@@ -35,14 +36,8 @@ def read_items(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UsageError(f"no such file: {path}")
     items = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("context"), str):
+    for n, obj in iter_jsonl(path, UsageError):
+        if not isinstance(obj.get("context"), str):
             raise UsageError(f"{path}:{n}: needs a string 'context'")
         choices = obj.get("choices")
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):

@@ -15,7 +15,6 @@ prefix) are reported, not silently mis-masked.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..io.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +39,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such file")
-    rows = []
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{n}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{p}:{n}: expected a JSON object per line")
-            rows.append(row)
+    rows = [row for _, row in iter_jsonl(p, DataError)]
     if not rows:
         raise DataError(f"{p}: no rows")
     return rows

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..config import ConfigError
 from ..io.errors import CheckpointError
+from ..io.jsonl import iter_jsonl
 from .data import token_dtype, write_meta
 
 logger = logging.getLogger(__name__)
@@ -69,17 +70,10 @@ def _documents(files: list[Path], text_key: str, split_lines: bool) -> Iterator[
     """(text piece, ends_document) in input order."""
     for f in files:
         if f.suffix in (".jsonl", ".json"):
-            with open(f, encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ConfigError(f"{f}:{lineno}: not valid JSON ({e.msg})") from None
-                    if not isinstance(obj, dict) or text_key not in obj:
-                        raise ConfigError(f"{f}:{lineno}: no {text_key!r} field (set --text-key)")
-                    yield str(obj[text_key]), True
+            for lineno, obj in iter_jsonl(f, ConfigError):
+                if text_key not in obj:
+                    raise ConfigError(f"{f}:{lineno}: no {text_key!r} field (set --text-key)")
+                yield str(obj[text_key]), True
             continue
         with open(f, encoding="utf-8") as fh:
             if split_lines:
