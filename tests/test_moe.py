@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import swisslm
-from swisslm import ModelConfig
+from swisslm import ModelConfig, kernels
 from swisslm.core import moe as moe_mod
 from swisslm.core.backbone import Block
 from swisslm.core.moe import MoE, load_balancing_loss, router_z_loss
@@ -44,10 +44,12 @@ def dense_reference(m: MoE, x):
     return out.view(B, T, C)
 
 
-@pytest.fixture(params=["loop", "native"])
+@pytest.fixture(params=["auto", "loop", "native"])
 def backend(request, monkeypatch):
     if request.param == "native" and not moe_mod._native_grouped_mm_ok("cpu", torch.float32):
         pytest.skip("torch._grouped_mm does not run on this CPU/torch")
+    if request.param == "auto" and not kernels.available():
+        pytest.skip("swisslm's CPU kernels did not build here")
     monkeypatch.setattr(moe_mod, "GROUPED_BACKEND", request.param)
     return request.param
 
@@ -66,6 +68,22 @@ def test_grouped_compute_matches_dense_reference_values_and_grads(kw, backend):
     ref_grads = torch.autograd.grad((ref * g).sum(), [x, *m.parameters()])
     for (name, _), a, b in zip([("x", x), *m.named_parameters()], grads, ref_grads):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=f"grad of {name}")
+
+
+@pytest.mark.skipif(not kernels.available(), reason="swisslm's CPU kernels did not build here")
+@pytest.mark.parametrize("tokens", [7, 600])  # a few rows per expert; over KERNEL_MAX_ROWS (torch's mm)
+def test_inference_kernel_path_matches_dense_reference(tokens, monkeypatch):
+    # Inference on the CPU: experts through swisslm's linear kernel, silu(gate) * up * routing
+    # weight in one fused pass (counted, so the test fails if the fused path is not taken).
+    m = random_moe(moe_cfg(num_experts_per_tok=2, norm_topk_prob=True))
+    calls = []
+    fused = kernels.silu_mul
+    monkeypatch.setattr(kernels, "silu_mul", lambda *a: calls.append(a) or fused(*a))
+    x = torch.randn(1, tokens, 32)
+    with torch.inference_mode():
+        ours = m(x)
+    assert len(calls) == 1 and calls[0][1] is not None
+    torch.testing.assert_close(ours, dense_reference(m, x), atol=1e-5, rtol=1e-5)
 
 
 def test_experts_that_get_no_tokens_and_single_token():

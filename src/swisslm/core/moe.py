@@ -38,10 +38,18 @@ from .mlp import ACTIVATIONS, GatedMLP
 # -- grouped matmul ------------------------------------------------------------------------
 
 
-# "auto": torch's native _grouped_mm when it runs here and most experts have rows, else the loop
-# below (with fewer rows than experts -- decode -- skipping the empty experts up front beats the
-# native kernel's walk over all E groups). "native" / "loop" force one (tests, benchmarks).
+# "auto": swisslm's CPU kernel per expert where it runs (fp32 on the CPU), else torch's native
+# _grouped_mm when it runs here and most experts have rows, else the loop below (with fewer rows
+# than experts -- decode -- skipping the empty experts up front beats the native kernel's walk over
+# all E groups). "native" / "loop" force one (tests, benchmarks).
 GROUPED_BACKEND: str = "auto"
+
+# Experts with at most this many rows go through swisslm's CPU kernel, larger ones through torch's
+# mm. The kernel reads each weight row once, in place, from the stacked (E, out, in) tensor; MKL's
+# GEMM first repacks the expert's whole weight, which at tens of rows costs as much as the
+# multiply (OLMoE-1B-7B expert shapes, 2 threads: ~135-150 vs ~65-130 GFLOP/s from 16 to 64 rows;
+# level at ~96 rows, where the blocked GEMM's reuse starts to pay).
+KERNEL_MAX_ROWS = 96
 
 
 @functools.cache
@@ -65,19 +73,18 @@ def _grouped_linear_eager(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) 
     """x (S, in) rows sorted by expert, w (E, out, in), offs (E,) int32 cumulative row ends."""
     if x.shape[0] == 0:
         return x.new_empty(0, w.shape[1])
-    native = GROUPED_BACKEND == "native" or (GROUPED_BACKEND == "auto" and x.shape[0] >= w.shape[0])
+    # The op has its own backward, so the kernels may run here even while training.
+    kernel = (GROUPED_BACKEND == "auto" and x.dtype == w.dtype and x.is_cpu and x.dtype == torch.float32
+              and w.is_contiguous() and kernels.available() and not torch.compiler.is_compiling())
+    native = GROUPED_BACKEND == "native" or (GROUPED_BACKEND == "auto" and not kernel and x.shape[0] >= w.shape[0])
     if native and x.dtype == w.dtype and _native_grouped_mm_ok(x.device.type, x.dtype):
         return torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)
-    # Fallback: one matmul per expert that received rows (a loop over <= E experts, not tokens).
-    # An expert with decode-sized rows streams its slice of the stacked weight through swisslm's
-    # CPU kernel (in place, no copy); it reads the weight at close to memory bandwidth where
-    # torch's mm on these GEMV shapes does not.
+    # One product per expert that received rows (a loop over <= E experts, never over tokens).
     out = x.new_empty(x.shape[0], w.shape[1])
-    fast = x.dtype == w.dtype and kernels.decode_ok(x[:1]) and w.is_contiguous()
     start = 0
     for e, end in enumerate(offs.tolist()):
         if end > start:
-            if fast and end - start <= kernels.MAX_ROWS:
+            if kernel and end - start <= KERNEL_MAX_ROWS:
                 kernels.linear_f32(x[start:end], w[e], out=out[start:end])
             else:
                 torch.mm(x[start:end], w[e].t(), out=out[start:end])
@@ -149,6 +156,7 @@ class MoE(nn.Module):
         self.num_layers = cfg.num_layers  # for the depth-scaled init of `down`
         self.norm_topk_prob = cfg.norm_topk_prob
         self.act = ACTIVATIONS[cfg.activation]
+        self.fused_silu = cfg.activation == "silu"  # silu(gate) * up * weight in one kernel pass
         self.router = Linear(C, E, bias=False)
         self.gate_up = nn.Parameter(torch.empty(E, 2 * I, C))  # (E, 2I, C): [gate; up] rows
         self.down = nn.Parameter(torch.empty(E, C, I))  # (E, C, I)
@@ -196,14 +204,18 @@ class MoE(nn.Module):
         counts = torch.zeros(self.num_experts, dtype=torch.int64, device=x.device)
         counts.scatter_add_(0, flat, torch.ones_like(flat))  # rows per expert, no host sync
         offs = counts.cumsum(0).to(torch.int32)  # (E,) row ends
-        xs = x[token]  # (S, C)
+        xs = x.index_select(0, token)  # (S, C); index_select: ~30% faster than x[token] on CPU
         h = grouped_linear(xs, self.gate_up, offs)  # (S, 2I)
         if self.lora_gate_up is not None:
             h = h + self.lora_gate_up(xs, offs)
-        gate, up = h.split(self.inter, dim=-1)
         # The routing weight scales the (S, I) activation instead of the (S, C) output: the down
         # projection is linear, so it is the same sum, on half the width.
-        a = self.act(gate) * up * weights.reshape(-1)[order, None]  # (S, I)
+        w_sorted = weights.reshape(-1)[order]  # (S,)
+        if self.fused_silu and kernels.decode_ok(h[:1], w_sorted):
+            a = kernels.silu_mul(h, w_sorted)  # one pass over (S, 2I) instead of four
+        else:
+            gate, up = h.split(self.inter, dim=-1)
+            a = self.act(gate) * up * w_sorted[:, None]  # (S, I)
         y = grouped_linear(a, self.down, offs)  # (S, C)
         if self.lora_down is not None:
             y = y + self.lora_down(a, offs)
@@ -212,7 +224,7 @@ class MoE(nn.Module):
         # are both many times slower than this gather (measured: ~100 ms vs 0.06 ms at decode).
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.shape[0], device=order.device)
-        return y[inverse].view(N, k, -1).sum(1)  # (N, C)
+        return y.index_select(0, inverse).view(N, k, -1).sum(1)  # (N, C)
 
 
 # -- router outputs and auxiliary losses ---------------------------------------------------

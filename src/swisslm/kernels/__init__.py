@@ -283,11 +283,15 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     return out.transpose(1, 2)
 
 
-def silu_mul(h: torch.Tensor) -> torch.Tensor:
-    """h (..., 2I) = [gate | up] -> silu(gate) * up (..., I)."""
+def silu_mul(h: torch.Tensor, row_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """h (..., 2I) = [gate | up] -> silu(gate) * up (..., I), each row times row_scale (rows,) if given."""
     h2, R, W = _rows(h)
+    if row_scale is not None:
+        if row_scale.dtype != _F32 or row_scale.numel() != R:
+            raise ValueError(f"row_scale must be {R} fp32 values, one per row")
+        row_scale = row_scale.contiguous()
     out = torch.empty(*h.shape[:-1], W // 2, dtype=_F32)
-    _lib().silu_mul(h2.data_ptr(), out.data_ptr(), R, W // 2)
+    _lib().silu_mul(h2.data_ptr(), out.data_ptr(), R, W // 2, _ptr(row_scale), torch.get_num_threads())
     return out
 
 

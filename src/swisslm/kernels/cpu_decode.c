@@ -191,19 +191,27 @@ void swl_decode_attention(const float *q, int64_t qb, int64_t qh, const float *k
 }
 
 // silu(gate) * up for h = [gate | up] rows (R, 2I) -> out (R, I): one call for the SwiGLU
-// activation instead of split + silu + mul.
-void swl_silu_mul(const float *h, float *out, int64_t R, int64_t I) {
+// activation instead of split + silu + mul. row_scale (R,) or NULL multiplies each output row
+// (a MoE's routing weights: one pass over the sorted expert rows instead of three).
+void swl_silu_mul(const float *h, float *out, int64_t R, int64_t I, const float *row_scale, int nthreads) {
+    _Pragma("omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1 && R * I >= 65536)")
     for (int64_t r = 0; r < R; r++) {
         const float *g = h + r * 2 * I, *u = g + I;
         float *o = out + r * I;
+        const float rs = row_scale ? row_scale[r] : 1.0f;
+        const __m256 vrs = _mm256_set1_ps(rs);
         int64_t i = 0;
         for (; i + 8 <= I; i += 8) {
             __m256 gv = _mm256_loadu_ps(g + i);
             __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), gv));
             __m256 sv = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
-            _mm256_storeu_ps(o + i, _mm256_mul_ps(sv, _mm256_loadu_ps(u + i)));
+            __m256 p = _mm256_mul_ps(sv, _mm256_loadu_ps(u + i));
+            _mm256_storeu_ps(o + i, row_scale ? _mm256_mul_ps(p, vrs) : p);
         }
-        for (; i < I; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        for (; i < I; i++) {
+            const float p = g[i] / (1.0f + expf(-g[i])) * u[i];
+            o[i] = row_scale ? p * rs : p;
+        }
     }
 }
 

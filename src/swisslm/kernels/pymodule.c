@@ -20,7 +20,7 @@ void swl_rope(const float *x, int64_t sb, int64_t st, int64_t sh, const float *c
 void swl_decode_attention(const float *q, int64_t qb, int64_t qh, const float *k, const float *v, int64_t kb,
                           int64_t kh, int64_t ks, const uint8_t *mask, int64_t mb, int64_t ms, float *out, int64_t B,
                           int64_t H, int64_t Hkv, int64_t S, int64_t D, float scale, int nthreads);
-void swl_silu_mul(const float *h, float *out, int64_t R, int64_t I);
+void swl_silu_mul(const float *h, float *out, int64_t R, int64_t I, const float *row_scale, int nthreads);
 int swl_attention_step(const float *qkv, int64_t qkv_stride, const int64_t *pos, int64_t pb, const float *cos_,
                         const float *sin_, int64_t cb, int64_t rd, float *kc, float *vc, int64_t kb, int64_t kh,
                         int64_t ks, const uint8_t *mask, int64_t mb, int64_t ms, float *out, float *qbuf, int64_t B,
@@ -74,7 +74,7 @@ WRAP(rope, "piiipppiiiii",
 WRAP(decode_attention, "piippiiipiipiiiiifi",
      swl_decode_attention(a[0].p, a[1].i, a[2].i, a[3].p, a[4].p, a[5].i, a[6].i, a[7].i, a[8].p, a[9].i, a[10].i,
                           a[11].p, a[12].i, a[13].i, a[14].i, a[15].i, a[16].i, a[17].f, (int)a[18].i))
-WRAP(silu_mul, "ppii", swl_silu_mul(a[0].p, a[1].p, a[2].i, a[3].i))
+WRAP(silu_mul, "ppiipi", swl_silu_mul(a[0].p, a[1].p, a[2].i, a[3].i, a[4].p, (int)a[5].i))
 // attention_step: returns False (nothing written) when a position is outside the cache.
 static PyObject *py_attention_step(PyObject *self, PyObject *const *args, Py_ssize_t n) {
     Arg a[32];
