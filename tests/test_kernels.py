@@ -154,22 +154,114 @@ def _decode_logits(model, prompt, steps, mask_pad=0):
     return torch.stack(out, 1)
 
 
-@pytest.mark.parametrize("over", [{}, {"rotary_pct": 0.5}, {"position": "absolute"}, {"qk_norm": "full"}])
+@pytest.mark.parametrize("over", [{}, {"rotary_pct": 0.5}, {"position": "absolute"}, {"qk_norm": "full"},
+                                  {"residual_multiplier": 0.4}])
 def test_model_decode_with_kernels_equals_torch_path(over, monkeypatch):
     model = _tiny_llama(**over)
     prompt = torch.randint(0, 97, (3, 6))
     calls = []
-    for name in ("attention_step", "decode_attention"):  # which one-token attention kernel ran
+    for name in ("layer_step", "attention_step", "decode_attention"):  # which one-token kernel ran
         real = getattr(kernels, name)
         monkeypatch.setattr(kernels, name,
                             lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     fast = _decode_logits(model, prompt, 8, mask_pad=2)
     # q/k norm is not a default slot, so that model takes the generic path, whose SDPA function
-    # still runs the decode kernel over the cache
-    assert set(calls) == {"decode_attention" if over.get("qk_norm") else "attention_step"}
+    # still runs the decode kernel over the cache; every other layer is one fused call
+    assert set(calls) == {"decode_attention" if over.get("qk_norm") else "layer_step"}
     with kernels_off():
         ref = _decode_logits(model, prompt, 8, mask_pad=2)
     torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)
+    # The fused layer chains the module path's kernels in the same order: same numbers.
+    for blk in model.layers:
+        monkeypatch.setattr(blk, "fusable", False)
+    calls.clear()
+    modules = _decode_logits(model, prompt, 8, mask_pad=2)
+    assert "layer_step" not in calls
+    torch.testing.assert_close(fast, modules, atol=1e-6, rtol=1e-6)
+
+
+def _count_layer_steps(monkeypatch):
+    calls = []
+    real = kernels.layer_step
+    monkeypatch.setattr(kernels, "layer_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def _module_path_logits(model, prompt, steps, monkeypatch, mask_pad=0):
+    with monkeypatch.context() as mp:
+        for blk in model.layers:
+            mp.setattr(blk, "fusable", False)
+        return _decode_logits(model, prompt, steps, mask_pad)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_fused_layer_runs_quantized_linears(scheme, monkeypatch):
+    from swisslm.quant import quantize_
+
+    model = quantize_(_tiny_llama(), scheme, group_size=32)
+    prompt = torch.randint(0, 97, (2, 5))
+    calls = _count_layer_steps(monkeypatch)
+    fast = _decode_logits(model, prompt, 6, mask_pad=1)
+    assert len(calls) == 2 * 6  # both layers of every one-token step (the prompt is not one)
+    torch.testing.assert_close(fast, _module_path_logits(model, prompt, 6, monkeypatch, 1), atol=1e-6, rtol=1e-6)
+
+
+def test_fused_layer_plan_follows_changes_to_the_model(monkeypatch):
+    # The plan caches the layer's kernel arguments; anything that changes what the layer
+    # computes must be seen by the next step, never a stale pointer or a skipped hook.
+    model = _tiny_llama()
+    prompt = torch.randint(0, 97, (1, 4))
+    calls = _count_layer_steps(monkeypatch)
+    _decode_logits(model, prompt, 3)
+    assert calls
+    with torch.no_grad():  # new storage behind a weight (what .to()/.half()/p.data = ... do)
+        model.layers[1].mlp.down.weight.data = torch.randn_like(model.layers[1].mlp.down.weight)
+    fast = _decode_logits(model, prompt, 3)
+    torch.testing.assert_close(fast, _module_path_logits(model, prompt, 3, monkeypatch), atol=1e-6, rtol=1e-6)
+
+    seen = []
+    handle = model.layers[0].mlp.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    calls.clear()
+    _decode_logits(model, prompt, 3)
+    assert len(seen) == 4 and len(calls) == 3  # layer 0 ran its modules (hook called), layer 1 stayed fused
+    handle.remove()
+
+    from swisslm.mixins.lora import LoRAMixin
+
+    model.add_mixin("lora", LoRAMixin(r=2))  # swaps the linears for LoRA wrappers
+    for n, p in model.named_parameters():
+        if "lora" in n:
+            torch.nn.init.normal_(p, 0, 0.5)
+    calls.clear()
+    fast = _decode_logits(model, prompt, 3)
+    assert not calls  # a LoRA wrapper forwards attribute lookups to its base: it must not pass for it
+    with kernels_off():
+        torch.testing.assert_close(fast, _decode_logits(model, prompt, 3), atol=1e-4, rtol=1e-4)
+    model.del_mixin("lora")
+    calls.clear()
+    _decode_logits(model, prompt, 3)
+    assert calls  # back to plain linears: fused again
+
+
+def test_layer_step_rejects_bad_positions_and_linears():
+    model = _tiny_llama()
+    model.setup_cache(1, 4)
+    blk = model.layers[0]
+    with pytest.raises(ValueError, match="cannot run"):  # autograd needs the weights: no descriptors
+        kernels.layer_step(torch.randn(1, 1, 64), blk.norm_attn.weight, blk.norm_mlp.weight, 1e-5, 1.0,
+                           [m.kernel_linear() for m in (blk.attn.qkv, blk.attn.out, blk.mlp.gate_up, blk.mlp.down)],
+                           48, 4, 2, 16, None, blk.attn.cache.k, blk.attn.cache.v, torch.tensor([0]), None, None)
+    with torch.no_grad():
+        lins = [m.kernel_linear() for m in (blk.attn.qkv, blk.attn.out, blk.mlp.gate_up, blk.mlp.down)]
+        args = (torch.randn(1, 1, 64), blk.norm_attn.weight.detach(), blk.norm_mlp.weight.detach(), 1e-5, 1.0)
+        tail = (48, 4, 2, 16, None, blk.attn.cache.k, blk.attn.cache.v)
+        with pytest.raises(IndexError, match="cache"):
+            kernels.layer_step(*args, lins, *tail, torch.tensor([4]), None, None)
+        bad = list(lins)
+        bad[3] = (2, *lins[3][1:5], 24)  # int4 with a group size that is not a multiple of 16
+        with pytest.raises(ValueError, match="cannot run"):
+            kernels.layer_step(*args, bad, *tail, torch.tensor([0]), None, None)
+    assert not blk.attn.cache.k.any()  # nothing written by any of the calls
 
 
 def test_mixin_in_a_fused_slot_takes_the_generic_path():

@@ -13,8 +13,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .. import kernels
 from ..config import ModelConfig
 from .attention import Attention
+from .fused_step import fused_layer_step
 from .kv_cache import KVCache
 from .linear import Linear
 from .mlp import build_mlp
@@ -90,6 +92,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        # A one-token step of this layout may run as one kernel call (core/fused_step.py).
+        self.fusable = (not cfg.parallel_residual and not cfg.post_norm and cfg.norm == "rmsnorm"
+                        and cfg.mlp == "gated" and cfg.activation == "silu" and not cfg.num_experts)
         self.parallel = cfg.parallel_residual
         self.post_norm = cfg.post_norm
         self.residual_multiplier = cfg.residual_multiplier
@@ -107,7 +112,11 @@ class Block(nn.Module):
     def scaled_residual(self, x, branch):
         return x + branch * self.residual_multiplier
 
-    def forward(self, x, rope, mask, input_pos):
+    def forward(self, x, rope, mask, input_pos, step=None):
+        if step is not None and self.fusable:
+            y = fused_layer_step(self, x, rope, mask, input_pos, step)
+            if y is not None:
+                return y
         if self.post_norm:
             x = self.norm_attn(self.residual_impl(x, self.attn(x, rope, mask, input_pos)))
             return self.norm_mlp(self.residual_impl(x, self.mlp_impl(x)))
@@ -233,8 +242,13 @@ class Transformer(SlotHost, nn.Module):
         h = self.embed_impl(input_ids, position_ids, token_type_ids)  # (B, T, C)
         rope = rope_cos_sin(self.inv_freq, position_ids, h.dtype) if self.config.position == "rope" else None
         mask = self._mask(attention_mask, input_pos, B, T, device)
+        # A cached one-token CPU step: the attention arguments every layer shares, built once.
+        step = None
+        if (T == 1 and input_pos is not None and self.layers[0].fusable and kernels.decode_ok(h)
+                and self.layers[0].attn.cache is not None and (mask is None or mask.dtype == torch.bool)):
+            step = kernels.step_args(B, self.layers[0].attn.cache.k.shape[2], rope, input_pos, mask)
         for blk in self.layers:
-            h = blk(h, rope, mask, input_pos)
+            h = blk(h, rope, mask, input_pos, step)
         h = self.final_norm_impl(h)
         logits = None
         if self.config.lm_head:

@@ -19,6 +19,17 @@ from .. import kernels
 
 
 class Linear(nn.Linear):
+    def kernel_linear(self) -> tuple | None:
+        """This layer as a fused decode step takes it (kernels.KernelLinear), or None where the
+        kernels cannot take it (dtype, device, layout, or autograd needs the weight)."""
+        w, b = self.weight, self.bias
+        if (w.dtype != torch.float32 or not w.is_cpu or not w.is_contiguous()
+                or (torch.is_grad_enabled() and w.requires_grad)):
+            return None
+        if b is not None and (b.dtype != torch.float32 or not b.is_contiguous() or b.requires_grad):
+            return None
+        return (0, w.data_ptr(), None, None, None if b is None else b.data_ptr(), 0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
         if w.dtype == torch.float32 and kernels.decode_ok(x, w) and w.is_contiguous():

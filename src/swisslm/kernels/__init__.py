@@ -38,7 +38,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(n) for n in ("cpu_linear.c", "cpu_decode.c", "pymodule.c")]
+SOURCES = [Path(__file__).with_name(n) for n in ("cpu_linear.c", "cpu_decode.c", "cpu_layer.c", "pymodule.c")]
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 
 _F32 = torch.float32  # outputs are always fp32 whatever torch's default dtype is set to
@@ -310,25 +310,73 @@ def attention_step(qkv: torch.Tensor, n_heads: int, n_kv: int, head_dim: int,
         raise ValueError(f"qkv width {qkv.shape[-1]} does not match {n_heads}+2x{n_kv} heads of {head_dim}")
     if qkv.stride(-1) != 1:
         qkv = qkv.contiguous()
+    step = step_args(B, S, rope, input_pos, mask)
+    out = torch.empty(B, 1, n_heads * head_dim, dtype=_F32)
+    qbuf = torch.empty(B, n_heads, head_dim, dtype=_F32)
+    kc, vc = k_cache, v_cache
+    ok = _lib().attention_step(qkv.data_ptr(), qkv.stride(0), *step[3:9], kc.data_ptr(), vc.data_ptr(),
+                               kc.stride(0), kc.stride(1), kc.stride(2), *step[9:], out.data_ptr(), qbuf.data_ptr(),
+                               B, n_heads, n_kv, S, head_dim, head_dim**-0.5 if scale is None else scale,
+                               torch.get_num_threads())
+    if not ok:  # what index_copy_ on the cache would say, instead of writing past it
+        raise IndexError(f"cache position out of range for a KV cache of {S} slots")
+    return out
+
+
+def step_args(B: int, S: int, rope: tuple[torch.Tensor, torch.Tensor] | None, input_pos: torch.Tensor,
+               mask: torch.Tensor | None) -> tuple:
+    """The per-step attention arguments every layer shares: (tensors the pointers point into, for
+    the caller to keep alive), B, S, then pos, pb, cos, sin, cb, rd, mask, mb, ms as the C entry
+    points take them."""
     if input_pos.dtype != torch.int64 or input_pos.stride(-1) != 1:
         input_pos = input_pos.to(torch.int64).contiguous()
     pb = input_pos.stride(0) if input_pos.dim() == 2 else 0
     cptr = sptr = None
     cb = rd = 0
+    alive = (input_pos,)
     if rope is not None:
         cos, sin = rope  # (B or 1, 1, 1, rd)
         if not (cos.is_contiguous() and sin.is_contiguous()):
             cos, sin = cos.contiguous(), sin.contiguous()
         cptr, sptr, rd = cos.data_ptr(), sin.data_ptr(), cos.shape[-1]
         cb = cos.stride(0) if cos.shape[0] == B else 0
-    mptr, mb, ms = _mask_args(mask, B, S)
-    out = torch.empty(B, 1, n_heads * head_dim, dtype=_F32)
-    qbuf = torch.empty(B, n_heads, head_dim, dtype=_F32)
+        alive = (input_pos, cos, sin)
+    return (alive, B, S, input_pos.data_ptr(), pb, cptr, sptr, cb, rd, *_mask_args(mask, B, S))
+
+
+# (kind, weight, scales, mins, bias, group) of a linear, as `layer_step` takes it: what a module's
+# `kernel_linear()` returns (core/linear.Linear, quant layers), or None where it has none.
+KernelLinear = tuple[int, int, int | None, int | None, int | None, int]
+
+
+def layer_step(x: torch.Tensor, norm1: torch.Tensor, norm2: torch.Tensor, eps: float, residual_multiplier: float,
+               linears: tuple[KernelLinear, KernelLinear, KernelLinear, KernelLinear], inter: int,
+               n_heads: int, n_kv: int, head_dim: int, rope: tuple[torch.Tensor, torch.Tensor] | None,
+               k_cache: torch.Tensor, v_cache: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor | None,
+               scale: float | None, step: tuple | None = None) -> torch.Tensor:
+    """A whole pre-norm decoder layer for one token (cpu_layer.c): x (B, 1, C) -> (B, 1, C),
+    the KV caches written at input_pos. `linears`: qkv, out, gate_up, down as KernelLinear.
+    `step`: step_args(...) computed once for all layers of a forward (recomputed if None).
+    Block._fused_step decides when a layer may take this; it equals the module path."""
+    B, C = x.shape[0], x.shape[-1]
+    S = k_cache.shape[2]
+    if x.numel() != B * C or norm1.numel() != C or norm2.numel() != C or k_cache.shape[-1] != head_dim:
+        raise ValueError(f"layer_step: x {tuple(x.shape)} / norms / cache do not fit width {C}, head_dim {head_dim}")
+    if len(linears) != 4 or any(lin is None for lin in linears):
+        raise ValueError("layer_step: a linear the kernels cannot run (no kernel_linear() descriptor)")
+    if not x.is_contiguous():
+        x = x.contiguous()
+    if step is None or step[1] != B or step[2] != S:  # built for other rows / another cache length
+        step = step_args(B, S, rope, input_pos, mask)
+    y = torch.empty_like(x)
     kc, vc = k_cache, v_cache
-    ok = _lib().attention_step(qkv.data_ptr(), qkv.stride(0), input_pos.data_ptr(), pb, cptr, sptr, cb, rd,
-                               kc.data_ptr(), vc.data_ptr(), kc.stride(0), kc.stride(1), kc.stride(2), mptr, mb, ms,
-                               out.data_ptr(), qbuf.data_ptr(), B, n_heads, n_kv, S, head_dim,
-                               head_dim**-0.5 if scale is None else scale, torch.get_num_threads())
-    if not ok:  # what index_copy_ on the cache would say, instead of writing past it
+    rc = _lib().layer_step(x.data_ptr(), y.data_ptr(), B, C, norm1.data_ptr(), norm2.data_ptr(), eps,
+                           residual_multiplier, *linears[0], *linears[1], *linears[2], *linears[3], inter,
+                           *step[3:9], kc.data_ptr(), vc.data_ptr(), kc.stride(0), kc.stride(1), kc.stride(2),
+                           *step[9:], n_heads, n_kv, S, head_dim, head_dim**-0.5 if scale is None else scale,
+                           torch.get_num_threads())
+    if rc == -1:
         raise IndexError(f"cache position out of range for a KV cache of {S} slots")
-    return out
+    if rc:
+        raise ValueError("layer_step: a linear the kernels cannot run (kind or int4 group size)")
+    return y

@@ -37,7 +37,7 @@
 #define F32_PF_BLOCKS 1
 #endif
 #ifndef PF_HINT
-#define PF_HINT _MM_HINT_T0
+#define PF_HINT _MM_HINT_T1
 #endif
 // Keeps a loaded vector in a register: without it gcc folds the weight load into both FMAs
 // that use it, loading every weight vector twice and running out of load ports.

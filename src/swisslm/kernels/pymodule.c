@@ -21,6 +21,17 @@ void swl_decode_attention(const float *q, int64_t qb, int64_t qh, const float *k
                           int64_t kh, int64_t ks, const uint8_t *mask, int64_t mb, int64_t ms, float *out, int64_t B,
                           int64_t H, int64_t Hkv, int64_t S, int64_t D, float scale, int nthreads);
 void swl_silu_mul(const float *h, float *out, int64_t R, int64_t I, const float *row_scale, int nthreads);
+typedef struct {
+    int64_t kind;
+    const void *w;
+    const float *scales, *mins, *bias;
+    int64_t group;
+} SwlLinear;
+int swl_layer_step(const float *x, float *y, int64_t B, int64_t C, const float *ln1, const float *ln2, float eps,
+                   float res_mult, const SwlLinear *lins, int64_t I, const int64_t *pos, int64_t pb,
+                   const float *cos_, const float *sin_, int64_t cb, int64_t rd, float *kc, float *vc, int64_t kb,
+                   int64_t kh, int64_t ks, const uint8_t *mask, int64_t mb, int64_t ms, int64_t H, int64_t Hkv,
+                   int64_t S, int64_t D, float scale, int nthreads);
 int swl_attention_step(const float *qkv, int64_t qkv_stride, const int64_t *pos, int64_t pb, const float *cos_,
                         const float *sin_, int64_t cb, int64_t rd, float *kc, float *vc, int64_t kb, int64_t kh,
                         int64_t ks, const uint8_t *mask, int64_t mb, int64_t ms, float *out, float *qbuf, int64_t B,
@@ -57,7 +68,7 @@ static int parse(PyObject *const *args, Py_ssize_t n, const char *fmt, Arg *out)
 
 #define WRAP(NAME, FMT, CALL)                                                     \
     static PyObject *py_##NAME(PyObject *self, PyObject *const *args, Py_ssize_t n) { \
-        Arg a[32];                                                                \
+        Arg a[64];                                                                \
         (void)self;                                                               \
         if (!parse(args, n, FMT, a)) return NULL;                                 \
         Py_BEGIN_ALLOW_THREADS CALL;                                              \
@@ -77,7 +88,7 @@ WRAP(decode_attention, "piippiiipiipiiiiifi",
 WRAP(silu_mul, "ppiipi", swl_silu_mul(a[0].p, a[1].p, a[2].i, a[3].i, a[4].p, (int)a[5].i))
 // attention_step: returns False (nothing written) when a position is outside the cache.
 static PyObject *py_attention_step(PyObject *self, PyObject *const *args, Py_ssize_t n) {
-    Arg a[32];
+    Arg a[64];
     int rc;
     (void)self;
     if (!parse(args, n, "pipippiippiiipiippiiiiifi", a)) return NULL;
@@ -88,9 +99,29 @@ static PyObject *py_attention_step(PyObject *self, PyObject *const *args, Py_ssi
     Py_END_ALLOW_THREADS return PyBool_FromLong(rc == 0);
 }
 
+// layer_step: the four linears come as 6 arguments each (kind, w, scales, mins, bias, group).
+// Returns 0, -1 (cache position out of range) or -2 (a linear the kernels cannot run).
+static PyObject *py_layer_step(PyObject *self, PyObject *const *args, Py_ssize_t n) {
+    Arg a[64];
+    SwlLinear lins[4];
+    int rc;
+    (void)self;
+    if (!parse(args, n, "ppiippff" "ippppi" "ippppi" "ippppi" "ippppi" "ipippiippiiipiiiiiifi", a)) return NULL;
+    for (int i = 0; i < 4; i++) {
+        const Arg *l = a + 8 + 6 * i;
+        lins[i] = (SwlLinear){l[0].i, l[1].p, l[2].p, l[3].p, l[4].p, l[5].i};
+    }
+    const Arg *r = a + 32;
+    Py_BEGIN_ALLOW_THREADS rc = swl_layer_step(
+        a[0].p, a[1].p, a[2].i, a[3].i, a[4].p, a[5].p, a[6].f, a[7].f, lins, r[0].i, r[1].p, r[2].i, r[3].p,
+        r[4].p, r[5].i, r[6].i, r[7].p, r[8].p, r[9].i, r[10].i, r[11].i, r[12].p, r[13].i, r[14].i, r[15].i,
+        r[16].i, r[17].i, r[18].i, r[19].f, (int)r[20].i);
+    Py_END_ALLOW_THREADS return PyLong_FromLong(rc);
+}
+
 // linear_i4 reports an unsupported group size: returns True when it ran.
 static PyObject *py_linear_i4(PyObject *self, PyObject *const *args, Py_ssize_t n) {
-    Arg a[32];
+    Arg a[64];
     int rc;
     (void)self;
     if (!parse(args, n, "ppppppiiiii", a)) return NULL;
@@ -108,7 +139,7 @@ static PyObject *py_cpu_supported(PyObject *self, PyObject *unused) {
 #define FAST(NAME) {#NAME, (PyCFunction)(void (*)(void))py_##NAME, METH_FASTCALL, NULL}
 static PyMethodDef methods[] = {
     FAST(linear_f32), FAST(linear_i8), FAST(linear_i4), FAST(rmsnorm), FAST(rope),
-    FAST(decode_attention), FAST(silu_mul), FAST(attention_step),
+    FAST(decode_attention), FAST(silu_mul), FAST(attention_step), FAST(layer_step),
     {"cpu_supported", py_cpu_supported, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };

@@ -172,6 +172,14 @@ class _QuantLinearBase(nn.Module):
         """swisslm's CPU kernel product, or None where the kernel does not take this layer."""
         raise NotImplementedError
 
+    def kernel_linear(self) -> tuple | None:
+        """This layer as a fused decode step takes it (kernels.KernelLinear), or None."""
+        raise NotImplementedError
+
+    def _kernel_tensors_ok(self, *tensors: torch.Tensor | None) -> bool:
+        return (self.use_packed and self.compute_dtype == torch.float32
+                and all(t is None or (t.is_cpu and t.is_contiguous()) for t in tensors))
+
     def _decode_forward(self, x: torch.Tensor) -> torch.Tensor:
         if kernels.available():
             y = self._kernel(x)
@@ -214,6 +222,12 @@ class Int8Linear(_QuantLinearBase):
     def _kernel(self, x: torch.Tensor) -> torch.Tensor:
         return kernels.linear_i8(x, self.weight, self.scales, self.bias)
 
+    def kernel_linear(self) -> tuple | None:
+        w, s, b = self.weight, self.scales, self.bias
+        if not self._kernel_tensors_ok(w, s, b):
+            return None
+        return (1, w.data_ptr(), s.data_ptr(), None, None if b is None else b.data_ptr(), 0)
+
     def dequantize(self) -> torch.Tensor:
         return (self.weight.float() * self.scales[:, None]).to(self.compute_dtype)
 
@@ -247,6 +261,12 @@ class Int4Linear(_QuantLinearBase):
 
     def _kernel(self, x: torch.Tensor) -> torch.Tensor | None:
         return kernels.linear_i4(x, self.weight, self.scales, self.mins, self.group_size, self.bias)
+
+    def kernel_linear(self) -> tuple | None:
+        w, s, m, b = self.weight, self.scales, self.mins, self.bias
+        if not self._kernel_tensors_ok(w, s, m, b):
+            return None
+        return (2, w.data_ptr(), s.data_ptr(), m.data_ptr(), None if b is None else b.data_ptr(), self.group_size)
 
     def int8_weight(self):
         # Runtime form for the int8 kernel: the int4 weight re-expressed per channel in 8 bits.

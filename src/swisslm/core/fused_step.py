@@ -1,0 +1,111 @@
+# SPDX-License-Identifier: Apache-2.0
+"""A whole pre-norm decoder layer as one kernel call for a cached one-token CPU step.
+
+`Block.forward` runs a layer through `kernels.layer_step` (kernels/cpu_layer.c: rmsnorm -> qkv
+-> rotary + cache write + attention -> out -> residual -> rmsnorm -> gate_up -> silu*up -> down
+-> residual, the same kernels the module path calls one by one) only where that is exactly the
+layer's module forward: every slot of the layer (mlp, residual, qkv_transform,
+position_embedding, attention_fn) at its default, the plain modules the block was built with
+(no LoRA wrapper, no custom norm), no forward hooks, weights the kernels take, no autograd.
+
+Checking all that costs ~40 us of attribute lookups per layer, more than the kernels' own
+overhead it removes, so the outcome is kept in a `LayerPlan` (the kernel arguments that do not
+change between steps) and re-validated per step by identity: the same modules, the same slot
+implementations, no hooks, and the same storage (pointer and dtype) behind every parameter and
+buffer the kernels read. Anything that changes one of these -- add_mixin/del_mixin, quantize_,
+a replaced parameter, `model.half()`, a hook -- makes the next step build a new plan.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .. import kernels
+from .attention import _identity_qkv, sdpa_attention
+from .mlp import GatedMLP
+from .norms import RMSNorm
+from .rope import apply_rotary, no_rotary
+
+
+class LayerPlan(NamedTuple):
+    key: tuple  # what the plan was built from (see _key)
+    args: tuple  # layer_step's static arguments: norm weights, eps, multiplier, linears, sizes
+
+
+def _parts(blk: nn.Module) -> tuple | None:
+    """(norm_attn, attn, qkv, out, norm_mlp, mlp, gate_up, down), read from the module dicts
+    (nn.Module.__getattr__ costs ~0.5 us a lookup); None when the mlp is not a GatedMLP."""
+    mods = blk._modules
+    attn, mlp = mods["attn"], mods["mlp"]
+    if type(mlp) is not GatedMLP:
+        return None
+    am, mm = attn._modules, mlp._modules
+    return (mods["norm_attn"], attn, am["qkv"], am["out"], mods["norm_mlp"], mlp, mm["gate_up"], mm["down"])
+
+
+def _key(blk: nn.Module, parts: tuple) -> tuple:
+    attn = parts[1]
+    storage = tuple((t.data_ptr(), t.dtype) for m in parts for t in (*m._parameters.values(), *m._buffers.values())
+                    if t is not None)
+    return (parts, blk.mlp_impl, blk.residual_impl, attn.qkv_transform_impl, attn.position_embedding_impl,
+            attn.attention_fn_impl, blk.residual_multiplier, parts[0].eps, parts[4].eps,
+            tuple(parts[i].__dict__.get("use_packed") for i in (2, 3, 6, 7)), storage)
+
+
+def _any_hooks(modules) -> bool:
+    """Whether a forward (pre-)hook is registered on any of `modules` or globally."""
+    g = nn.modules.module
+    return bool(g._global_forward_hooks or g._global_forward_pre_hooks) or any(
+        m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def _build(blk: nn.Module, parts: tuple) -> tuple | None:
+    """layer_step's static arguments for this layer, or None where the layer cannot take it."""
+    n1, attn, qkv, out, n2, mlp, gate_up, down = parts
+    if (blk.mlp_impl is not mlp or blk.residual_impl is not blk._slot_defaults["residual"]
+            or type(n1) is not RMSNorm or type(n2) is not RMSNorm or n1.eps != n2.eps
+            or attn.qkv_transform_impl is not _identity_qkv or attn.attention_fn_impl is not sdpa_attention
+            or attn.position_embedding_impl not in (apply_rotary, no_rotary)):
+        return None
+    # Looked up on the class: a wrapper that forwards unknown attributes to the module it wraps
+    # (LoRALinear does) must not pass for its base.
+    lins = tuple(type(lin).kernel_linear(lin) if hasattr(type(lin), "kernel_linear") else None
+                 for lin in (qkv, out, gate_up, down))
+    w1, w2 = n1.weight, n2.weight
+    if None in lins or not all(w.dtype == torch.float32 and w.is_cpu and w.is_contiguous() for w in (w1, w2)):
+        return None
+    return (w1, w2, n1.eps, blk.residual_multiplier, lins, mlp.inter, attn.n_heads, attn.n_kv, attn.head_dim,
+            attn.position_embedding_impl is apply_rotary, attn.scale)
+
+
+def fused_layer_step(blk: nn.Module, x: torch.Tensor, rope, mask, input_pos: torch.Tensor,
+                     step: tuple) -> torch.Tensor | None:
+    """The layer's output for a one-token step `x` (B, 1, C) through one kernel call, or None
+    where the caller must run the module path. `step`: kernels.step_args of this forward (the
+    caller has checked x is decode-sized, the mask is bool or None, and the kernels run)."""
+    if torch.is_grad_enabled():  # requires_grad would have to be checked on every weight
+        return None
+    parts = _parts(blk)
+    if parts is None or _any_hooks(parts):
+        return None
+    key = _key(blk, parts)
+    plan = blk.__dict__.get("_layer_plan")
+    if plan is None or plan.key != key:
+        plan = LayerPlan(key, _build(blk, parts))
+        object.__setattr__(blk, "_layer_plan", plan)  # not a submodule/buffer: never in state_dict
+    if plan.args is None:
+        return None
+    w1, w2, eps, mult, lins, inter, H, Hkv, D, uses_rope, scale = plan.args
+    if uses_rope and rope is None:
+        return None
+    cache = parts[1]._modules.get("cache")
+    if cache is None:
+        return None
+    k, v = cache._buffers["k"], cache._buffers["v"]
+    if k.dtype != torch.float32 or k.stride(-1) != 1 or k.stride() != v.stride():
+        return None
+    return kernels.layer_step(x, w1, w2, eps, mult, lins, inter, H, Hkv, D, rope if uses_rope else None, k, v,
+                              input_pos, mask, scale, step)
