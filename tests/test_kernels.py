@@ -154,43 +154,52 @@ def _decode_logits(model, prompt, steps, mask_pad=0):
     return torch.stack(out, 1)
 
 
+def _per_layer_calls(monkeypatch):
+    """Make the model run its one-token steps layer by layer (no whole-stack call)."""
+    monkeypatch.setattr("swisslm.core.backbone.fused_stack_step", lambda *a: None)
+
+
 @pytest.mark.parametrize("over", [{}, {"rotary_pct": 0.5}, {"position": "absolute"}, {"qk_norm": "full"},
                                   {"residual_multiplier": 0.4}])
 def test_model_decode_with_kernels_equals_torch_path(over, monkeypatch):
     model = _tiny_llama(**over)
     prompt = torch.randint(0, 97, (3, 6))
-    calls = []
-    for name in ("layer_step", "attention_step", "decode_attention"):  # which one-token kernel ran
-        real = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name,
-                            lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    calls = _count_kernel_calls(monkeypatch)
     fast = _decode_logits(model, prompt, 8, mask_pad=2)
     # q/k norm is not a default slot, so that model takes the generic path, whose SDPA function
-    # still runs the decode kernel over the cache; every other layer is one fused call
-    assert set(calls) == {"decode_attention" if over.get("qk_norm") else "layer_step"}
+    # still runs the decode kernel over the cache; every other model is one call per step
+    assert set(calls) == {"decode_attention" if over.get("qk_norm") else "stack_step"}
     with kernels_off():
         ref = _decode_logits(model, prompt, 8, mask_pad=2)
     torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)
-    # The fused layer chains the module path's kernels in the same order: same numbers.
-    for blk in model.layers:
-        monkeypatch.setattr(blk, "fusable", False)
+    # The stack call, one call per layer and the modules one by one chain the same kernels in
+    # the same order: the same numbers.
+    with monkeypatch.context() as mp:
+        _per_layer_calls(mp)
+        calls.clear()
+        per_layer = _decode_logits(model, prompt, 8, mask_pad=2)
+        assert "stack_step" not in calls and ("layer_step" in calls) != bool(over.get("qk_norm"))
     calls.clear()
-    modules = _decode_logits(model, prompt, 8, mask_pad=2)
-    assert "layer_step" not in calls
+    modules = _module_path_logits(model, prompt, 8, monkeypatch, 2)
+    assert not {"stack_step", "layer_step"} & set(calls)
+    torch.testing.assert_close(fast, per_layer, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(fast, modules, atol=1e-6, rtol=1e-6)
 
 
-def _count_layer_steps(monkeypatch):
+def _count_kernel_calls(monkeypatch):
+    """Names of the one-token kernels called from now on (stack, layer, attention)."""
     calls = []
-    real = kernels.layer_step
-    monkeypatch.setattr(kernels, "layer_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for name in ("stack_step", "layer_step", "attention_step", "decode_attention"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name,
+                            lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     return calls
 
 
 def _module_path_logits(model, prompt, steps, monkeypatch, mask_pad=0):
     with monkeypatch.context() as mp:
         for blk in model.layers:
-            mp.setattr(blk, "fusable", False)
+            mp.setattr(blk, "fusable", False)  # neither the stack nor the layer call
         return _decode_logits(model, prompt, steps, mask_pad)
 
 
@@ -200,10 +209,14 @@ def test_fused_layer_runs_quantized_linears(scheme, monkeypatch):
 
     model = quantize_(_tiny_llama(), scheme, group_size=32)
     prompt = torch.randint(0, 97, (2, 5))
-    calls = _count_layer_steps(monkeypatch)
+    calls = _count_kernel_calls(monkeypatch)
     fast = _decode_logits(model, prompt, 6, mask_pad=1)
-    assert len(calls) == 2 * 6  # both layers of every one-token step (the prompt is not one)
+    assert calls == ["stack_step"] * 6  # every one-token step (the prompt is not one)
     torch.testing.assert_close(fast, _module_path_logits(model, prompt, 6, monkeypatch, 1), atol=1e-6, rtol=1e-6)
+    _per_layer_calls(monkeypatch)
+    calls.clear()
+    torch.testing.assert_close(fast, _decode_logits(model, prompt, 6, mask_pad=1), atol=1e-6, rtol=1e-6)
+    assert calls == ["layer_step"] * 12
 
 
 def test_fused_layer_plan_follows_changes_to_the_model(monkeypatch):
@@ -211,9 +224,9 @@ def test_fused_layer_plan_follows_changes_to_the_model(monkeypatch):
     # computes must be seen by the next step, never a stale pointer or a skipped hook.
     model = _tiny_llama()
     prompt = torch.randint(0, 97, (1, 4))
-    calls = _count_layer_steps(monkeypatch)
+    calls = _count_kernel_calls(monkeypatch)
     _decode_logits(model, prompt, 3)
-    assert calls
+    assert calls == ["stack_step"] * 3
     with torch.no_grad():  # new storage behind a weight (what .to()/.half()/p.data = ... do)
         model.layers[1].mlp.down.weight.data = torch.randn_like(model.layers[1].mlp.down.weight)
     fast = _decode_logits(model, prompt, 3)
@@ -223,7 +236,14 @@ def test_fused_layer_plan_follows_changes_to_the_model(monkeypatch):
     handle = model.layers[0].mlp.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     calls.clear()
     _decode_logits(model, prompt, 3)
-    assert len(seen) == 4 and len(calls) == 3  # layer 0 ran its modules (hook called), layer 1 stayed fused
+    # layer 0 ran its modules (hook called: prompt + 3 steps), layer 1 stayed one call per step
+    assert len(seen) == 4 and calls == ["attention_step", "layer_step"] * 3
+    handle.remove()
+    handle = model.layers[1].register_forward_pre_hook(lambda m, a: seen.append("block"))
+    seen.clear()
+    calls.clear()
+    _decode_logits(model, prompt, 3)
+    assert seen == ["block"] * 4 and "stack_step" not in calls  # a hook on a block: no stack call
     handle.remove()
 
     from swisslm.mixins.lora import LoRAMixin
@@ -234,13 +254,14 @@ def test_fused_layer_plan_follows_changes_to_the_model(monkeypatch):
             torch.nn.init.normal_(p, 0, 0.5)
     calls.clear()
     fast = _decode_logits(model, prompt, 3)
-    assert not calls  # a LoRA wrapper forwards attribute lookups to its base: it must not pass for it
+    # a LoRA wrapper forwards attribute lookups to its base: it must not pass for it
+    assert not {"stack_step", "layer_step"} & set(calls)
     with kernels_off():
         torch.testing.assert_close(fast, _decode_logits(model, prompt, 3), atol=1e-4, rtol=1e-4)
     model.del_mixin("lora")
     calls.clear()
     _decode_logits(model, prompt, 3)
-    assert calls  # back to plain linears: fused again
+    assert calls == ["stack_step"] * 3  # back to plain linears: fused again
 
 
 def test_layer_step_rejects_bad_positions_and_linears():
@@ -261,6 +282,17 @@ def test_layer_step_rejects_bad_positions_and_linears():
         bad[3] = (2, *lins[3][1:5], 24)  # int4 with a group size that is not a multiple of 16
         with pytest.raises(ValueError, match="cannot run"):
             kernels.layer_step(*args, bad, *tail, torch.tensor([0]), None, None)
+        # the whole-stack call checks every layer before the first one runs
+        rows = [kernels.stack_layer_args(args[1], args[2], 1e-5, 1.0, lin, 48, 4, 2, 16, False,
+                                         blk.attn.cache.k, blk.attn.cache.v, None) for lin in (lins, lins, bad)]
+        ints = torch.tensor([r[0] for r in rows], dtype=torch.int64)
+        floats = torch.tensor([r[1] for r in rows], dtype=torch.float64)
+        with pytest.raises(ValueError, match="cannot run"):
+            kernels.stack_step(args[0], ints, floats, kernels.step_args(1, 4, None, torch.tensor([0]), None))
+        with pytest.raises(IndexError, match="cache"):
+            kernels.stack_step(args[0], ints[:2], floats[:2], kernels.step_args(1, 4, None, torch.tensor([4]), None))
+        with pytest.raises(ValueError, match="do not fit"):
+            kernels.stack_step(args[0], ints[:, :5], floats, kernels.step_args(1, 4, None, torch.tensor([0]), None))
     assert not blk.attn.cache.k.any()  # nothing written by any of the calls
 
 

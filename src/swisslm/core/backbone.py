@@ -16,7 +16,7 @@ from torch import nn
 from .. import kernels
 from ..config import ModelConfig
 from .attention import Attention
-from .fused_step import fused_layer_step
+from .fused_step import fused_layer_step, fused_stack_step
 from .kv_cache import KVCache
 from .linear import Linear
 from .mlp import build_mlp
@@ -247,8 +247,12 @@ class Transformer(SlotHost, nn.Module):
         if (T == 1 and input_pos is not None and self.layers[0].fusable and kernels.decode_ok(h)
                 and self.layers[0].attn.cache is not None and (mask is None or mask.dtype == torch.bool)):
             step = kernels.step_args(B, self.layers[0].attn.cache.k.shape[2], rope, input_pos, mask)
-        for blk in self.layers:
-            h = blk(h, rope, mask, input_pos, step)
+        fused = fused_stack_step(self, h, rope, step) if step is not None else None
+        if fused is not None:
+            h = fused
+        else:
+            for blk in self.layers:
+                h = blk(h, rope, mask, input_pos, step)
         h = self.final_norm_impl(h)
         logits = None
         if self.config.lm_head:

@@ -380,3 +380,46 @@ def layer_step(x: torch.Tensor, norm1: torch.Tensor, norm2: torch.Tensor, eps: f
     if rc:
         raise ValueError("layer_step: a linear the kernels cannot run (kind or int4 group size)")
     return y
+
+
+# Per layer, what stack_step packs (cpu_layer.c STACK_NI / STACK_NF): ints = norm1, norm2,
+# 4 x (kind, weight, scales, mins, bias, group), inter, H, H_kv, D, rotary?, k cache, v cache,
+# cache strides (batch, head, position), cache length; floats = eps, residual multiplier, scale.
+STACK_NI, STACK_NF = 37, 3
+
+
+def stack_layer_args(norm1: torch.Tensor, norm2: torch.Tensor, eps: float, residual_multiplier: float,
+                     linears: tuple, inter: int, n_heads: int, n_kv: int, head_dim: int, rotary: bool,
+                     k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float | None) -> tuple[list, list]:
+    """One layer's (ints, floats) for stack_step, from the same values layer_step takes."""
+    if len(linears) != 4 or any(lin is None for lin in linears):
+        raise ValueError("stack_step: a linear the kernels cannot run (no kernel_linear() descriptor)")
+    ints = [norm1.data_ptr(), norm2.data_ptr()]
+    for lin in linears:
+        ints += [v or 0 for v in lin]
+    ints += [inter, n_heads, n_kv, head_dim, int(rotary), k_cache.data_ptr(), v_cache.data_ptr(),
+             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.shape[2]]
+    return ints, [eps, residual_multiplier, head_dim**-0.5 if scale is None else scale]
+
+
+def stack_step(x: torch.Tensor, ints: torch.Tensor, floats: torch.Tensor, step: tuple) -> torch.Tensor:
+    """Every layer of a stack for one token in one call (cpu_layer.c swl_stack_step): x (B, 1, C)
+    -> (B, 1, C). `ints` (L, STACK_NI) int64 and `floats` (L, STACK_NF) float64 hold each layer's
+    stack_layer_args; `step` is step_args(...) of this forward. The caller keeps every tensor the
+    packed pointers point into alive (core/fused_step.py's plans do)."""
+    B, C = x.shape[0], x.shape[-1]
+    L = ints.shape[0]
+    if (x.numel() != B * C or ints.dtype != torch.int64 or floats.dtype != torch.float64
+            or ints.shape != (L, STACK_NI) or floats.shape != (L, STACK_NF)
+            or not (ints.is_contiguous() and floats.is_contiguous()) or step[1] != B):
+        raise ValueError("stack_step: x, the packed layer tables or the step arguments do not fit")
+    if not x.is_contiguous():
+        x = x.contiguous()
+    y = torch.empty_like(x)
+    rc = _lib().stack_step(x.data_ptr(), y.data_ptr(), B, C, L, ints.data_ptr(), floats.data_ptr(), *step[3:],
+                           torch.get_num_threads())
+    if rc == -1:
+        raise IndexError("cache position out of range for the KV cache")
+    if rc:
+        raise ValueError("stack_step: a linear the kernels cannot run (kind or int4 group size)")
+    return y

@@ -32,6 +32,9 @@ int swl_layer_step(const float *x, float *y, int64_t B, int64_t C, const float *
                    const float *cos_, const float *sin_, int64_t cb, int64_t rd, float *kc, float *vc, int64_t kb,
                    int64_t kh, int64_t ks, const uint8_t *mask, int64_t mb, int64_t ms, int64_t H, int64_t Hkv,
                    int64_t S, int64_t D, float scale, int nthreads);
+int swl_stack_step(const float *x, float *y, int64_t B, int64_t C, int64_t L, const int64_t *ip, const double *fp,
+                   const int64_t *pos, int64_t pb, const float *cos_, const float *sin_, int64_t cb, int64_t rd,
+                   const uint8_t *mask, int64_t mb, int64_t ms, int nthreads);
 int swl_attention_step(const float *qkv, int64_t qkv_stride, const int64_t *pos, int64_t pb, const float *cos_,
                         const float *sin_, int64_t cb, int64_t rd, float *kc, float *vc, int64_t kb, int64_t kh,
                         int64_t ks, const uint8_t *mask, int64_t mb, int64_t ms, float *out, float *qbuf, int64_t B,
@@ -119,6 +122,18 @@ static PyObject *py_layer_step(PyObject *self, PyObject *const *args, Py_ssize_t
     Py_END_ALLOW_THREADS return PyLong_FromLong(rc);
 }
 
+// stack_step: same return codes as layer_step.
+static PyObject *py_stack_step(PyObject *self, PyObject *const *args, Py_ssize_t n) {
+    Arg a[64];
+    int rc;
+    (void)self;
+    if (!parse(args, n, "ppiiipppippiipiii", a)) return NULL;
+    Py_BEGIN_ALLOW_THREADS rc = swl_stack_step(a[0].p, a[1].p, a[2].i, a[3].i, a[4].i, a[5].p, a[6].p, a[7].p, a[8].i,
+                                               a[9].p, a[10].p, a[11].i, a[12].i, a[13].p, a[14].i, a[15].i,
+                                               (int)a[16].i);
+    Py_END_ALLOW_THREADS return PyLong_FromLong(rc);
+}
+
 // linear_i4 reports an unsupported group size: returns True when it ran.
 static PyObject *py_linear_i4(PyObject *self, PyObject *const *args, Py_ssize_t n) {
     Arg a[64];
@@ -139,7 +154,7 @@ static PyObject *py_cpu_supported(PyObject *self, PyObject *unused) {
 #define FAST(NAME) {#NAME, (PyCFunction)(void (*)(void))py_##NAME, METH_FASTCALL, NULL}
 static PyMethodDef methods[] = {
     FAST(linear_f32), FAST(linear_i8), FAST(linear_i4), FAST(rmsnorm), FAST(rope),
-    FAST(decode_attention), FAST(silu_mul), FAST(attention_step), FAST(layer_step),
+    FAST(decode_attention), FAST(silu_mul), FAST(attention_step), FAST(layer_step), FAST(stack_step),
     {"cpu_supported", py_cpu_supported, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
