@@ -264,6 +264,47 @@ def test_fused_layer_plan_follows_changes_to_the_model(monkeypatch):
     assert calls == ["stack_step"] * 3  # back to plain linears: fused again
 
 
+def _bind_windows(model, full, causal, diag, slots):
+    """What serve/engine.py does per step: every layer's cache a window of the full buffers."""
+    from swisslm.serve.engine import _window
+
+    for blk, c in zip(model.layers, full):
+        blk.attn.cache = _window(c, 0, c.k.shape[0], slots)
+    model.causal_mask, model.diag_mask, model.max_cache_len = causal[:, :slots], diag[:, :slots], slots
+
+
+def test_stack_tables_follow_cache_windows(monkeypatch):
+    # Windows share pointer and strides with the full cache and differ in length only: the
+    # packed tables must follow the length (a stale one would read past the window's mask).
+    model = _tiny_llama()
+    prompt = torch.randint(0, 97, (2, 4))
+    calls = _count_kernel_calls(monkeypatch)
+
+    def run(kernels_on):
+        model.setup_cache(2, 32)
+        full = [blk.attn.cache for blk in model.layers]
+        causal, diag = model.causal_mask, model.diag_mask
+        mask = torch.ones(2, 32, dtype=torch.long)
+        mask[1, 0] = 0
+        outs = []
+        with torch.no_grad(), contextlib.ExitStack() as stack:
+            if not kernels_on:
+                stack.enter_context(kernels_off())
+            _bind_windows(model, full, causal, diag, 16)
+            model(prompt, attention_mask=mask[:, :16], input_pos=torch.arange(4))
+            tok = prompt[:, :1]
+            for t, slots in ((4, 16), (5, 8), (6, 16), (7, 8)):
+                _bind_windows(model, full, causal, diag, slots)
+                pid = mask[:, : t + 1].cumsum(-1)[:, -1:] - 1
+                outs.append(model(tok, attention_mask=mask[:, :slots], position_ids=pid,
+                                  input_pos=torch.tensor([t])).logits)
+        return torch.cat(outs, 1)
+
+    got = run(True)
+    assert calls == ["stack_step"] * 4
+    torch.testing.assert_close(got, run(False), atol=1e-4, rtol=1e-4)
+
+
 def test_layer_step_rejects_bad_positions_and_linears():
     model = _tiny_llama()
     model.setup_cache(1, 4)

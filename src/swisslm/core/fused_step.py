@@ -134,7 +134,8 @@ def fused_stack_step(model: nn.Module, x: torch.Tensor, rope, step: tuple) -> to
             return None
         layers.append(layer)
     plans = tuple(blk.__dict__["_layer_plan"] for blk in model.layers)
-    caches = tuple((k.data_ptr(), v.data_ptr(), k.stride()) for _, k, v in layers)
+    # The shape too: the server's cache windows share pointer and strides with the full cache.
+    caches = tuple((k.data_ptr(), v.data_ptr(), k.stride(), k.shape) for _, k, v in layers)
     packed = model.__dict__.get("_stack_tables")
     if packed is None or packed[1] != caches or len(packed[0]) != len(plans) or any(
             a is not b for a, b in zip(packed[0], plans)):
