@@ -11,14 +11,14 @@ position_embedding, attention_fn) at its default, the plain modules the block wa
 Checking all that costs ~40 us of attribute lookups per layer, more than the kernels' own
 overhead it removes, so the outcome is kept in a `LayerPlan` (the kernel arguments that do not
 change between steps) and re-validated per step by identity: the same modules, the same slot
-implementations, no hooks, and the same storage (pointer and dtype) behind every parameter and
-buffer the kernels read. Anything that changes one of these -- add_mixin/del_mixin, quantize_,
-a replaced parameter, `model.half()`, a hook -- makes the next step build a new plan.
+implementations, the same eps / multiplier / use_packed values, no hooks, and the same tensor
+object with the same storage pointer for every parameter and buffer of the layer's parts.
+Anything that changes one of these -- add_mixin/del_mixin, quantize_, a replaced parameter,
+`p.data = ...`, `model.half()`, a hook -- makes the next step build a new plan. The plan holds
+the tensors it points into, so a stale plan could never read freed memory.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -28,11 +28,6 @@ from .attention import _identity_qkv, sdpa_attention
 from .mlp import GatedMLP
 from .norms import RMSNorm
 from .rope import apply_rotary, no_rotary
-
-
-class LayerPlan(NamedTuple):
-    key: tuple  # what the plan was built from (see _key)
-    args: tuple  # layer_step's static arguments: norm weights, eps, multiplier, linears, sizes
 
 
 def _parts(blk: nn.Module) -> tuple | None:
@@ -46,20 +41,52 @@ def _parts(blk: nn.Module) -> tuple | None:
     return (mods["norm_attn"], attn, am["qkv"], am["out"], mods["norm_mlp"], mlp, mm["gate_up"], mm["down"])
 
 
-def _key(blk: nn.Module, parts: tuple) -> tuple:
-    attn = parts[1]
-    storage = tuple((t.data_ptr(), t.dtype) for m in parts for t in (*m._parameters.values(), *m._buffers.values())
-                    if t is not None)
-    return (parts, blk.mlp_impl, blk.residual_impl, attn.qkv_transform_impl, attn.position_embedding_impl,
-            attn.attention_fn_impl, blk.residual_multiplier, parts[0].eps, parts[4].eps,
-            tuple(parts[i].__dict__.get("use_packed") for i in (2, 3, 6, 7)), storage)
+def _slots(blk: nn.Module, attn: nn.Module) -> tuple:
+    return (blk.mlp_impl, blk.residual_impl, attn.qkv_transform_impl, attn.position_embedding_impl,
+            attn.attention_fn_impl)
+
+
+def _flags(blk: nn.Module, parts: tuple) -> tuple:
+    return (blk.residual_multiplier, parts[0].eps, parts[4].eps, parts[2].__dict__.get("use_packed"),
+            parts[3].__dict__.get("use_packed"), parts[6].__dict__.get("use_packed"),
+            parts[7].__dict__.get("use_packed"))
+
+
+class LayerPlan:
+    """What a layer's fused step was built from, and layer_step's static arguments (None: the
+    layer cannot take it). It holds every tensor it points into, so a replaced tensor can make
+    it stale but never dangling; `valid` finds staleness."""
+
+    __slots__ = ("parts", "slots", "flags", "tensors", "args")
+
+    def __init__(self, blk: nn.Module, parts: tuple) -> None:
+        self.parts = parts
+        self.slots = _slots(blk, parts[1])
+        self.flags = _flags(blk, parts)
+        # (the dict it sits in, its name, the tensor, its storage pointer) for every parameter and
+        # buffer of the parts: a replaced tensor, or new storage behind the same one, shows here.
+        self.tensors = tuple((d, name, t, t.data_ptr()) for m in parts for d in (m._parameters, m._buffers)
+                             for name, t in d.items() if t is not None)
+        self.args = _build(blk, parts)
+
+    def valid(self, blk: nn.Module, parts: tuple) -> bool:
+        if parts != self.parts or _slots(blk, parts[1]) != self.slots or _flags(blk, parts) != self.flags:
+            return False
+        for d, name, t, ptr in self.tensors:
+            if d.get(name) is not t or t.data_ptr() != ptr:
+                return False
+        return True
 
 
 def _any_hooks(modules) -> bool:
     """Whether a forward (pre-)hook is registered on any of `modules` or globally."""
     g = nn.modules.module
-    return bool(g._global_forward_hooks or g._global_forward_pre_hooks) or any(
-        m._forward_hooks or m._forward_pre_hooks for m in modules)
+    if g._global_forward_hooks or g._global_forward_pre_hooks:
+        return True
+    for m in modules:  # a plain loop: any() over a generator costs twice as much here
+        if m._forward_hooks or m._forward_pre_hooks:
+            return True
+    return False
 
 
 def _build(blk: nn.Module, parts: tuple) -> tuple | None:
@@ -86,10 +113,9 @@ def _layer(blk: nn.Module, rope) -> tuple | None:
     parts = _parts(blk)
     if parts is None or _any_hooks(parts):
         return None
-    key = _key(blk, parts)
     plan = blk.__dict__.get("_layer_plan")
-    if plan is None or plan.key != key:
-        plan = LayerPlan(key, _build(blk, parts))
+    if plan is None or not plan.valid(blk, parts):
+        plan = LayerPlan(blk, parts)
         object.__setattr__(blk, "_layer_plan", plan)  # not a submodule/buffer: never in state_dict
     if plan.args is None or (plan.args[9] and rope is None):  # args[9]: the layer applies rotary
         return None
