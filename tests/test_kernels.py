@@ -245,6 +245,13 @@ def test_fused_layer_plan_follows_changes_to_the_model(monkeypatch):
     _decode_logits(model, prompt, 3)
     assert seen == ["block"] * 4 and "stack_step" not in calls  # a hook on a block: no stack call
     handle.remove()
+    fwd = model.layers[0].forward
+    model.layers[0].forward = lambda *a, **k: seen.append("forward") or fwd(*a, **k)
+    seen.clear()
+    calls.clear()
+    _decode_logits(model, prompt, 3)
+    assert seen == ["forward"] * 4 and "stack_step" not in calls  # forward replaced on a block: honoured
+    del model.layers[0].forward
 
     from swisslm.mixins.lora import LoRAMixin
 

@@ -153,7 +153,9 @@ def fused_stack_step(model: nn.Module, x: torch.Tensor, rope, step: tuple) -> to
         return None
     layers = []
     for blk in model.layers:
-        if not blk.fusable or blk._forward_hooks or blk._forward_pre_hooks:  # Block.__call__ is skipped too
+        # Block.__call__ and Block.forward are skipped too: no hooks on the block, and no
+        # forward replaced on the instance (activation checkpointing, instrumentation).
+        if not blk.fusable or blk._forward_hooks or blk._forward_pre_hooks or "forward" in blk.__dict__:
             return None
         layer = _layer(blk, rope)
         if layer is None or layer[1].shape[2] != step[2]:  # every cache as long as the step's mask
