@@ -39,6 +39,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(n) for n in ("cpu_linear.c", "cpu_decode.c", "cpu_layer.c", "pymodule.c")]
+HEADERS = [Path(__file__).with_name("swisslm_kernels.h")]  # part of the build's hash, not of its command
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 
 _F32 = torch.float32  # outputs are always fp32 whatever torch's default dtype is set to
@@ -64,7 +65,7 @@ def _build() -> Path:
     """Compile the C sources once per source version into the cache (atomic rename, so parallel
     processes never load a half-written library)."""
     include = sysconfig.get_paths()["include"]
-    src = b"".join(p.read_bytes() for p in SOURCES)
+    src = b"".join(p.read_bytes() for p in SOURCES + HEADERS)
     tag = hashlib.sha256(src + " ".join(CFLAGS).encode() + include.encode()).hexdigest()[:16]
     out = _cache_dir() / f"_swisslm_cpu.{tag}.so"
     if out.exists():

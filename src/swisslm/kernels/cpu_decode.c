@@ -8,6 +8,8 @@
 // the mask lets through instead of scanning the whole preallocated cache, which SDPA does
 // (its cost grew with max cache length, not with the tokens actually cached).
 #include <immintrin.h>
+
+#include "swisslm_kernels.h"
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>

@@ -8,33 +8,13 @@
 // (module calls, slot attributes, argument checks, output tensors: ~10 calls per layer) cost
 // another ~0.13 ms per layer, 4 ms of a 24 ms SmolLM2 token. Here the layer is one call that
 // chains the same kernels the module path runs (same functions, same order, same numerics) over
-// scratch buffers. Python decides when a layer may take it (Block._fused_step: every slot at its
+// scratch buffers. Python decides when a layer may take it (core/fused_step.py: every slot at its
 // default, plain modules, no hooks) and builds the arguments.
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-void swl_linear_f32(const float *x, const float *w, const float *bias, float *y, int64_t M, int64_t K, int64_t N,
-                    int nthreads);
-void swl_linear_i8(const float *x, const int8_t *w, const float *scales, const float *bias, float *y, int64_t M,
-                   int64_t K, int64_t N, int act16, int nthreads);
-int swl_linear_i4(const float *x, const uint8_t *w, const float *scales, const float *mins, const float *bias,
-                  float *y, int64_t M, int64_t K, int64_t N, int64_t group_size, int nthreads);
-void swl_rmsnorm(const float *x, const float *w, float *y, int64_t rows, int64_t C, float eps);
-void swl_silu_mul(const float *h, float *out, int64_t R, int64_t I, const float *row_scale, int nthreads);
-int swl_attention_step(const float *qkv, int64_t qkv_stride, const int64_t *pos, int64_t pb, const float *cos_,
-                       const float *sin_, int64_t cb, int64_t rd, float *kc, float *vc, int64_t kb, int64_t kh,
-                       int64_t ks, const uint8_t *mask, int64_t mb, int64_t ms, float *out, float *qbuf, int64_t B,
-                       int64_t H, int64_t Hkv, int64_t S, int64_t D, float scale, int nthreads);
-
-// A linear layer as the kernels see it. kind: 0 fp32 weight [N, K]; 1 int8 [N, K] + scales [N];
-// 2 int4 [N, K/2] + scales, mins [N, K/group] (see cpu_linear.c).
-typedef struct {
-    int64_t kind;
-    const void *w;
-    const float *scales, *mins, *bias;
-    int64_t group;
-} SwlLinear;
+#include "swisslm_kernels.h"
 
 static int linear_apply(const SwlLinear *l, const float *x, float *y, int64_t M, int64_t K, int64_t N, int nt) {
     switch (l->kind) {

@@ -19,6 +19,8 @@
 // torch already loaded (same soname), so kernels share torch's thread pool instead of fighting
 // a second runtime for the cores.
 #include <immintrin.h>
+
+#include "swisslm_kernels.h"
 #include <stdint.h>
 #include <math.h>
 #include <stdlib.h>

@@ -7,38 +7,7 @@
 #include <Python.h>
 #include <stdint.h>
 
-void swl_linear_f32(const float *x, const float *w, const float *bias, float *y, int64_t M, int64_t K, int64_t N,
-                    int nthreads);
-void swl_linear_i8(const float *x, const int8_t *w, const float *scales, const float *bias, float *y, int64_t M,
-                   int64_t K, int64_t N, int act16, int nthreads);
-int swl_linear_i4(const float *x, const uint8_t *w, const float *scales, const float *mins, const float *bias,
-                  float *y, int64_t M, int64_t K, int64_t N, int64_t group_size, int nthreads);
-int swl_cpu_supported(void);
-void swl_rmsnorm(const float *x, const float *w, float *y, int64_t rows, int64_t C, float eps);
-void swl_rope(const float *x, int64_t sb, int64_t st, int64_t sh, const float *cos_, const float *sin_, float *y,
-              int64_t B, int64_t T, int64_t H, int64_t D, int64_t rd);
-void swl_decode_attention(const float *q, int64_t qb, int64_t qh, const float *k, const float *v, int64_t kb,
-                          int64_t kh, int64_t ks, const uint8_t *mask, int64_t mb, int64_t ms, float *out, int64_t B,
-                          int64_t H, int64_t Hkv, int64_t S, int64_t D, float scale, int nthreads);
-void swl_silu_mul(const float *h, float *out, int64_t R, int64_t I, const float *row_scale, int nthreads);
-typedef struct {
-    int64_t kind;
-    const void *w;
-    const float *scales, *mins, *bias;
-    int64_t group;
-} SwlLinear;
-int swl_layer_step(const float *x, float *y, int64_t B, int64_t C, const float *ln1, const float *ln2, float eps,
-                   float res_mult, const SwlLinear *lins, int64_t I, const int64_t *pos, int64_t pb,
-                   const float *cos_, const float *sin_, int64_t cb, int64_t rd, float *kc, float *vc, int64_t kb,
-                   int64_t kh, int64_t ks, const uint8_t *mask, int64_t mb, int64_t ms, int64_t H, int64_t Hkv,
-                   int64_t S, int64_t D, float scale, int nthreads);
-int swl_stack_step(const float *x, float *y, int64_t B, int64_t C, int64_t L, const int64_t *ip, const double *fp,
-                   const int64_t *pos, int64_t pb, const float *cos_, const float *sin_, int64_t cb, int64_t rd,
-                   const uint8_t *mask, int64_t mb, int64_t ms, int nthreads);
-int swl_attention_step(const float *qkv, int64_t qkv_stride, const int64_t *pos, int64_t pb, const float *cos_,
-                        const float *sin_, int64_t cb, int64_t rd, float *kc, float *vc, int64_t kb, int64_t kh,
-                        int64_t ks, const uint8_t *mask, int64_t mb, int64_t ms, float *out, float *qbuf, int64_t B,
-                        int64_t H, int64_t Hkv, int64_t S, int64_t D, float scale, int nthreads);
+#include "swisslm_kernels.h"
 
 typedef union {
     void *p;
@@ -69,14 +38,21 @@ static int parse(PyObject *const *args, Py_ssize_t n, const char *fmt, Arg *out)
     return !PyErr_Occurred();
 }
 
-#define WRAP(NAME, FMT, CALL)                                                     \
+// One entry point: parse FMT into a[], run CALL (its int status in `rc`) with the GIL released,
+// return RESULT, the Python value made of `rc`.
+#define WRAP_RC(NAME, FMT, CALL, RESULT)                                              \
     static PyObject *py_##NAME(PyObject *self, PyObject *const *args, Py_ssize_t n) { \
-        Arg a[64];                                                                \
-        (void)self;                                                               \
-        if (!parse(args, n, FMT, a)) return NULL;                                 \
-        Py_BEGIN_ALLOW_THREADS CALL;                                              \
-        Py_END_ALLOW_THREADS Py_RETURN_NONE;                                      \
+        Arg a[64];                                                                    \
+        int rc;                                                                       \
+        (void)self;                                                                   \
+        if (!parse(args, n, FMT, a)) return NULL;                                     \
+        Py_BEGIN_ALLOW_THREADS rc = CALL;                                             \
+        Py_END_ALLOW_THREADS (void)rc;                                                \
+        return RESULT;                                                                \
     }
+
+// Kernels without a status return None.
+#define WRAP(NAME, FMT, CALL) WRAP_RC(NAME, FMT, ((CALL), 0), (Py_INCREF(Py_None), Py_None))
 
 WRAP(linear_f32, "ppppiiii",
      swl_linear_f32(a[0].p, a[1].p, a[2].p, a[3].p, a[4].i, a[5].i, a[6].i, (int)a[7].i))
@@ -90,17 +66,11 @@ WRAP(decode_attention, "piippiiipiipiiiiifi",
                           a[11].p, a[12].i, a[13].i, a[14].i, a[15].i, a[16].i, a[17].f, (int)a[18].i))
 WRAP(silu_mul, "ppiipi", swl_silu_mul(a[0].p, a[1].p, a[2].i, a[3].i, a[4].p, (int)a[5].i))
 // attention_step: returns False (nothing written) when a position is outside the cache.
-static PyObject *py_attention_step(PyObject *self, PyObject *const *args, Py_ssize_t n) {
-    Arg a[64];
-    int rc;
-    (void)self;
-    if (!parse(args, n, "pipippiippiiipiippiiiiifi", a)) return NULL;
-    Py_BEGIN_ALLOW_THREADS rc = swl_attention_step(
-        a[0].p, a[1].i, a[2].p, a[3].i, a[4].p, a[5].p, a[6].i, a[7].i, a[8].p, a[9].p, a[10].i, a[11].i, a[12].i,
-        a[13].p, a[14].i, a[15].i, a[16].p, a[17].p, a[18].i, a[19].i, a[20].i, a[21].i, a[22].i, a[23].f,
-        (int)a[24].i);
-    Py_END_ALLOW_THREADS return PyBool_FromLong(rc == 0);
-}
+WRAP_RC(attention_step, "pipippiippiiipiippiiiiifi",
+        swl_attention_step(a[0].p, a[1].i, a[2].p, a[3].i, a[4].p, a[5].p, a[6].i, a[7].i, a[8].p, a[9].p, a[10].i,
+                           a[11].i, a[12].i, a[13].p, a[14].i, a[15].i, a[16].p, a[17].p, a[18].i, a[19].i, a[20].i,
+                           a[21].i, a[22].i, a[23].f, (int)a[24].i),
+        PyBool_FromLong(rc == 0))
 
 // layer_step: the four linears come as 6 arguments each (kind, w, scales, mins, bias, group).
 // Returns 0, -1 (cache position out of range) or -2 (a linear the kernels cannot run).
@@ -123,27 +93,15 @@ static PyObject *py_layer_step(PyObject *self, PyObject *const *args, Py_ssize_t
 }
 
 // stack_step: same return codes as layer_step.
-static PyObject *py_stack_step(PyObject *self, PyObject *const *args, Py_ssize_t n) {
-    Arg a[64];
-    int rc;
-    (void)self;
-    if (!parse(args, n, "ppiiipppippiipiii", a)) return NULL;
-    Py_BEGIN_ALLOW_THREADS rc = swl_stack_step(a[0].p, a[1].p, a[2].i, a[3].i, a[4].i, a[5].p, a[6].p, a[7].p, a[8].i,
-                                               a[9].p, a[10].p, a[11].i, a[12].i, a[13].p, a[14].i, a[15].i,
-                                               (int)a[16].i);
-    Py_END_ALLOW_THREADS return PyLong_FromLong(rc);
-}
+WRAP_RC(stack_step, "ppiiipppippiipiii",
+        swl_stack_step(a[0].p, a[1].p, a[2].i, a[3].i, a[4].i, a[5].p, a[6].p, a[7].p, a[8].i, a[9].p, a[10].p,
+                       a[11].i, a[12].i, a[13].p, a[14].i, a[15].i, (int)a[16].i),
+        PyLong_FromLong(rc))
 
 // linear_i4 reports an unsupported group size: returns True when it ran.
-static PyObject *py_linear_i4(PyObject *self, PyObject *const *args, Py_ssize_t n) {
-    Arg a[64];
-    int rc;
-    (void)self;
-    if (!parse(args, n, "ppppppiiiii", a)) return NULL;
-    Py_BEGIN_ALLOW_THREADS rc = swl_linear_i4(a[0].p, a[1].p, a[2].p, a[3].p, a[4].p, a[5].p, a[6].i, a[7].i, a[8].i,
-                                              a[9].i, (int)a[10].i);
-    Py_END_ALLOW_THREADS return PyBool_FromLong(rc == 0);
-}
+WRAP_RC(linear_i4, "ppppppiiiii",
+        swl_linear_i4(a[0].p, a[1].p, a[2].p, a[3].p, a[4].p, a[5].p, a[6].i, a[7].i, a[8].i, a[9].i, (int)a[10].i),
+        PyBool_FromLong(rc == 0))
 
 static PyObject *py_cpu_supported(PyObject *self, PyObject *unused) {
     (void)self;
