@@ -113,14 +113,17 @@ class Attention(nn.Module):
         set_slot(self, "position_embedding", apply_rotary if cfg.position == "rope" else no_rotary)
         set_slot(self, "attention_fn", sdpa_attention)
 
-    def _fused_step_ok(self, qkv: torch.Tensor, rope, mask) -> bool:
-        """Whether a one-token cached step may run as one fused kernel call: only while the
-        slots it fuses hold their defaults (a mixin in any of them gets the generic path)."""
+    def fused_slots_default(self) -> bool:
+        """Whether the slots a fused one-token step replaces hold their defaults (identity qkv
+        transform, rotate-half rotary or none, SDPA): a mixin in any of them gets the generic
+        path, so slots keep their meaning. Also asked by core/fused_step.py for whole layers."""
         return (self.qkv_transform_impl is _identity_qkv and self.attention_fn_impl is sdpa_attention
-                and (self.position_embedding_impl is no_rotary
-                     or (self.position_embedding_impl is apply_rotary and rope is not None))
-                and kernels.decode_ok(qkv) and self.cache.k.dtype == torch.float32
-                and self.cache.k.stride(-1) == 1 and self.cache.k.stride() == self.cache.v.stride()
+                and self.position_embedding_impl in (apply_rotary, no_rotary))
+
+    def _fused_step_ok(self, qkv: torch.Tensor, rope, mask) -> bool:
+        """Whether a one-token cached step may run as one fused kernel call."""
+        return (self.fused_slots_default() and (self.position_embedding_impl is no_rotary or rope is not None)
+                and kernels.decode_ok(qkv) and kernels.cache_ok(self.cache.k, self.cache.v)
                 and (mask is None or mask.dtype == torch.bool))
 
     def forward(self, x, rope, mask, input_pos):

@@ -24,10 +24,9 @@ import torch
 from torch import nn
 
 from .. import kernels
-from .attention import _identity_qkv, sdpa_attention
 from .mlp import GatedMLP
 from .norms import RMSNorm
-from .rope import apply_rotary, no_rotary
+from .rope import apply_rotary
 
 
 def _parts(blk: nn.Module) -> tuple | None:
@@ -94,8 +93,7 @@ def _build(blk: nn.Module, parts: tuple) -> tuple | None:
     n1, attn, qkv, out, n2, mlp, gate_up, down = parts
     if (blk.mlp_impl is not mlp or blk.residual_impl is not blk._slot_defaults["residual"]
             or type(n1) is not RMSNorm or type(n2) is not RMSNorm or n1.eps != n2.eps
-            or attn.qkv_transform_impl is not _identity_qkv or attn.attention_fn_impl is not sdpa_attention
-            or attn.position_embedding_impl not in (apply_rotary, no_rotary)):
+            or not attn.fused_slots_default()):
         return None
     # Looked up on the class: a wrapper that forwards unknown attributes to the module it wraps
     # (LoRALinear does) must not pass for its base.
@@ -123,7 +121,7 @@ def _layer(blk: nn.Module, rope) -> tuple | None:
     if cache is None:
         return None
     k, v = cache._buffers["k"], cache._buffers["v"]
-    if k.dtype != torch.float32 or k.stride(-1) != 1 or k.stride() != v.stride():
+    if not kernels.cache_ok(k, v):
         return None
     return plan.args, k, v
 
@@ -167,8 +165,8 @@ def fused_stack_step(model: nn.Module, x: torch.Tensor, rope, step: tuple) -> to
     packed = model.__dict__.get("_stack_tables")
     if packed is None or packed[1] != caches or len(packed[0]) != len(plans) or any(
             a is not b for a, b in zip(packed[0], plans)):
-        rows = [kernels.stack_layer_args(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], k, v, a[10])
-                for a, k, v in layers]
+        # plan args: (w1, w2, eps, multiplier, linears, inter, H, H_kv, D, rotary, scale)
+        rows = [kernels.stack_layer_args(*a[:10], k, v, a[10]) for a, k, v in layers]
         ints = torch.tensor([r[0] for r in rows], dtype=torch.int64)
         floats = torch.tensor([r[1] for r in rows], dtype=torch.float64)
         # The plans keep every tensor the packed pointers point into alive; the caches are

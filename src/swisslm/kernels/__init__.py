@@ -230,7 +230,12 @@ def linear_i4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, mins:
 
 
 # -- decode-step ops -------------------------------------------------------------------------
-# Single-threaded (a thread team costs more than these sizes), hence decode sizes only.
+# Decode sizes only: one call replaces several small torch ops; the C side splits work across
+# threads only where it is large enough to pay for a thread team.
+
+
+def _scale(scale: float | None, head_dim: int) -> float:
+    return head_dim**-0.5 if scale is None else scale  # None: SDPA's default
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -270,8 +275,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     (B, 1, H, D) buffer. Keys after the last visible one are never read."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    if scale is None:
-        scale = D**-0.5  # SDPA's default
+    scale = _scale(scale, D)
     if q.stride(-1) != 1:
         q = q.contiguous()
     if k.stride(-1) != 1 or v.stride() != k.stride():
@@ -317,11 +321,16 @@ def attention_step(qkv: torch.Tensor, n_heads: int, n_kv: int, head_dim: int,
     kc, vc = k_cache, v_cache
     ok = _lib().attention_step(qkv.data_ptr(), qkv.stride(0), *step[3:9], kc.data_ptr(), vc.data_ptr(),
                                kc.stride(0), kc.stride(1), kc.stride(2), *step[9:], out.data_ptr(), qbuf.data_ptr(),
-                               B, n_heads, n_kv, S, head_dim, head_dim**-0.5 if scale is None else scale,
-                               torch.get_num_threads())
+                               B, n_heads, n_kv, S, head_dim, _scale(scale, head_dim), torch.get_num_threads())
     if not ok:  # what index_copy_ on the cache would say, instead of writing past it
         raise IndexError(f"cache position out of range for a KV cache of {S} slots")
     return out
+
+
+def cache_ok(k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
+    """Whether the fused steps can read and write these caches in place: fp32, contiguous head
+    dim, k and v with the same strides (views into a larger buffer are fine)."""
+    return (k_cache.dtype == _F32 and k_cache.stride(-1) == 1 and k_cache.stride() == v_cache.stride())
 
 
 def step_args(B: int, S: int, rope: tuple[torch.Tensor, torch.Tensor] | None, input_pos: torch.Tensor,
@@ -350,6 +359,20 @@ def step_args(B: int, S: int, rope: tuple[torch.Tensor, torch.Tensor] | None, in
 KernelLinear = tuple[int, int, int | None, int | None, int | None, int]
 
 
+def _check_linears(linears, who: str) -> None:
+    if len(linears) != 4 or any(lin is None for lin in linears):
+        raise ValueError(f"{who}: a linear the kernels cannot run (no kernel_linear() descriptor)")
+
+
+def _check_status(rc: int, who: str, S: int) -> None:
+    """layer_step / stack_step status: -1 a cache position out of range, -2 a linear the kernels
+    cannot run; in both cases nothing was written."""
+    if rc == -1:  # what index_copy_ on the cache would say, instead of writing past it
+        raise IndexError(f"cache position out of range for a KV cache of {S} slots")
+    if rc:
+        raise ValueError(f"{who}: a linear the kernels cannot run (kind or int4 group size)")
+
+
 def layer_step(x: torch.Tensor, norm1: torch.Tensor, norm2: torch.Tensor, eps: float, residual_multiplier: float,
                linears: tuple[KernelLinear, KernelLinear, KernelLinear, KernelLinear], inter: int,
                n_heads: int, n_kv: int, head_dim: int, rope: tuple[torch.Tensor, torch.Tensor] | None,
@@ -358,13 +381,12 @@ def layer_step(x: torch.Tensor, norm1: torch.Tensor, norm2: torch.Tensor, eps: f
     """A whole pre-norm decoder layer for one token (cpu_layer.c): x (B, 1, C) -> (B, 1, C),
     the KV caches written at input_pos. `linears`: qkv, out, gate_up, down as KernelLinear.
     `step`: step_args(...) computed once for all layers of a forward (recomputed if None).
-    Block._fused_step decides when a layer may take this; it equals the module path."""
+    core/fused_step.py decides when a layer may take this; it equals the module path."""
     B, C = x.shape[0], x.shape[-1]
     S = k_cache.shape[2]
     if x.numel() != B * C or norm1.numel() != C or norm2.numel() != C or k_cache.shape[-1] != head_dim:
         raise ValueError(f"layer_step: x {tuple(x.shape)} / norms / cache do not fit width {C}, head_dim {head_dim}")
-    if len(linears) != 4 or any(lin is None for lin in linears):
-        raise ValueError("layer_step: a linear the kernels cannot run (no kernel_linear() descriptor)")
+    _check_linears(linears, "layer_step")
     if not x.is_contiguous():
         x = x.contiguous()
     if step is None or step[1] != B or step[2] != S:  # built for other rows / another cache length
@@ -374,12 +396,8 @@ def layer_step(x: torch.Tensor, norm1: torch.Tensor, norm2: torch.Tensor, eps: f
     rc = _lib().layer_step(x.data_ptr(), y.data_ptr(), B, C, norm1.data_ptr(), norm2.data_ptr(), eps,
                            residual_multiplier, *linears[0], *linears[1], *linears[2], *linears[3], inter,
                            *step[3:9], kc.data_ptr(), vc.data_ptr(), kc.stride(0), kc.stride(1), kc.stride(2),
-                           *step[9:], n_heads, n_kv, S, head_dim, head_dim**-0.5 if scale is None else scale,
-                           torch.get_num_threads())
-    if rc == -1:
-        raise IndexError(f"cache position out of range for a KV cache of {S} slots")
-    if rc:
-        raise ValueError("layer_step: a linear the kernels cannot run (kind or int4 group size)")
+                           *step[9:], n_heads, n_kv, S, head_dim, _scale(scale, head_dim), torch.get_num_threads())
+    _check_status(rc, "layer_step", S)
     return y
 
 
@@ -393,14 +411,13 @@ def stack_layer_args(norm1: torch.Tensor, norm2: torch.Tensor, eps: float, resid
                      linears: tuple, inter: int, n_heads: int, n_kv: int, head_dim: int, rotary: bool,
                      k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float | None) -> tuple[list, list]:
     """One layer's (ints, floats) for stack_step, from the same values layer_step takes."""
-    if len(linears) != 4 or any(lin is None for lin in linears):
-        raise ValueError("stack_step: a linear the kernels cannot run (no kernel_linear() descriptor)")
+    _check_linears(linears, "stack_step")
     ints = [norm1.data_ptr(), norm2.data_ptr()]
     for lin in linears:
         ints += [v or 0 for v in lin]
     ints += [inter, n_heads, n_kv, head_dim, int(rotary), k_cache.data_ptr(), v_cache.data_ptr(),
              k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.shape[2]]
-    return ints, [eps, residual_multiplier, head_dim**-0.5 if scale is None else scale]
+    return ints, [eps, residual_multiplier, _scale(scale, head_dim)]
 
 
 def stack_step(x: torch.Tensor, ints: torch.Tensor, floats: torch.Tensor, step: tuple) -> torch.Tensor:
@@ -419,8 +436,5 @@ def stack_step(x: torch.Tensor, ints: torch.Tensor, floats: torch.Tensor, step: 
     y = torch.empty_like(x)
     rc = _lib().stack_step(x.data_ptr(), y.data_ptr(), B, C, L, ints.data_ptr(), floats.data_ptr(), *step[3:],
                            torch.get_num_threads())
-    if rc == -1:
-        raise IndexError("cache position out of range for the KV cache")
-    if rc:
-        raise ValueError("stack_step: a linear the kernels cannot run (kind or int4 group size)")
+    _check_status(rc, "stack_step", step[2])
     return y
