@@ -29,9 +29,25 @@ def kernels_off():
         kernels.set_enabled(True)
 
 
-@pytest.mark.parametrize("M", [1, 2, 3, 8, 13, 16])
-@pytest.mark.parametrize("K,N", [(64, 96), (72, 7), (100, 33), (4200, 5)])  # K % 16, N % 4, int32 flush
-def test_linear_kernels_match_torch(M, K, N):
+@pytest.fixture(params=kernels.F32_ISAS)
+def isa(request):
+    """Runs a test on each fp32 kernel this CPU has (AVX2 everywhere, AVX-512 where present)."""
+    default = kernels.f32_isa()
+    if kernels.f32_isa(request.param) != request.param:
+        kernels.f32_isa(default)
+        pytest.skip(f"this CPU has no {request.param}")
+    yield request.param
+    kernels.f32_isa(default)
+
+
+def test_f32_isa_rejects_unknown_names():
+    with pytest.raises(ValueError, match="sse"):
+        kernels.f32_isa("sse")
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 8, 13, 16])
+@pytest.mark.parametrize("K,N", [(64, 96), (72, 7), (100, 33), (4200, 5), (5, 3)])  # K % 16, N % 4, int32 flush
+def test_linear_kernels_match_torch(M, K, N, isa):
     g = torch.Generator().manual_seed(M * 1000 + K + N)
     x, w, b = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g), torch.randn(N, generator=g)
     tol = 1e-4 * max(1.0, K / 1000)  # fp32 rounding of K-term sums, summed in another order than torch's
@@ -44,7 +60,7 @@ def test_linear_kernels_match_torch(M, K, N):
     # int16 activations: rounding each row to 1/32767 of its largest entry
     err = (kernels.linear_i8(x, q, s, b) - ref).abs().max()
     assert err <= 2e-4 * ref.abs().max(), err
-    if K % 32 == 0:
+    if K % 32 == 0:  # (K = 5: no whole int8/int4 vector; the fp32 kernel's masked or scalar tail only)
         p, sc, mn = quantize_int4_per_group(w, 32)
         ref = F.linear(x, dequantize_int4(p, sc, mn), b)
         err = (kernels.linear_i4(x, p, sc, mn, 32, b) - ref).abs().max()
@@ -52,7 +68,7 @@ def test_linear_kernels_match_torch(M, K, N):
 
 
 @pytest.mark.parametrize("M", [40, 64, 65, 131])
-def test_linear_f32_kernel_at_moe_expert_sizes(M):
+def test_linear_f32_kernel_at_moe_expert_sizes(M, isa):
     # Tens of rows (MoE experts at prefill): three-row register blocks, 1024-column passes with
     # partial sums through the output (K = 2100: two full passes, a 48-column one and a 4-column
     # tail), and 64-row passes over the weights. A row's result still depends on that row alone.
@@ -76,6 +92,16 @@ def test_linear_kernel_rows_are_batch_invariant():
     p, sc, mn = quantize_int4_per_group(w, 32)
     alone = torch.cat([kernels.linear_i4(x[i : i + 1], p, sc, mn, 32) for i in range(8)])
     assert torch.equal(kernels.linear_i4(x, p, sc, mn, 32), alone)
+
+
+@pytest.mark.parametrize("M", [2, 3, 4, 5, 6, 7, 8, 9, 16])
+def test_linear_f32_rows_are_batch_invariant(M, isa):
+    # 4-, 2- and 1-row passes (AVX-512) or 3-, 2- and 1-row passes (AVX2) sum each row in the
+    # same order, so greedy decoding of a prompt does not change with its batch.
+    g = torch.Generator().manual_seed(M)
+    x, w, b = torch.randn(M, 1100, generator=g), torch.randn(41, 1100, generator=g), torch.randn(41, generator=g)
+    y = kernels.linear_f32(x, w, b)
+    assert torch.equal(y, torch.cat([kernels.linear_f32(x[i : i + 1], w, b) for i in range(M)]))
 
 
 def test_int4_group_not_multiple_of_16_declines():

@@ -3,7 +3,7 @@
 
     from swisslm import kernels
     if kernels.decode_ok(x, weight):          # small fp32 CPU batch, no autograd, not compiling
-        y = kernels.linear_f32(x, weight, bias)
+        y = kernels.linear_f32(x, weight, bias)   # AVX-512 where the CPU has it, else AVX2
         y = kernels.linear_i8(x, q, scales, bias)
         y = kernels.linear_i4(x, packed, scales, mins, group_size, bias)
         y = kernels.rms_norm(x, weight, eps)
@@ -127,6 +127,18 @@ def set_enabled(enabled: bool) -> None:
 def available() -> bool:
     """Whether the kernels are enabled, built and run on this CPU (the build is checked once)."""
     return _enabled and _lib() is not None
+
+
+F32_ISAS = ("avx2", "avx512")
+
+
+def f32_isa(which: str | None = None) -> str:
+    """The instruction set the fp32 kernel runs on: "avx512" where the CPU has it (and it was not
+    turned off), else "avx2". `which` picks one for A/B runs and tests; asking for "avx512" on a
+    CPU without it keeps "avx2". Needs the kernels to be available."""
+    if which is not None and which not in F32_ISAS:
+        raise ValueError(f"f32_isa: {which!r} is not one of {F32_ISAS}")
+    return F32_ISAS[_lib().f32_isa(-1 if which is None else F32_ISAS.index(which))]
 
 
 def decode_sized(x: torch.Tensor) -> bool:

@@ -109,11 +109,21 @@ static PyObject *py_cpu_supported(PyObject *self, PyObject *unused) {
     return PyBool_FromLong(swl_cpu_supported());
 }
 
+// f32_isa(want): -1 asks which fp32 kernel runs, 0 / 1 picks AVX2 / AVX-512 (where the CPU has
+// it); returns the one now in use.
+static PyObject *py_f32_isa(PyObject *self, PyObject *arg) {
+    (void)self;
+    const long want = PyLong_AsLong(arg);
+    if (want == -1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromLong(swl_f32_isa((int)want));
+}
+
 #define FAST(NAME) {#NAME, (PyCFunction)(void (*)(void))py_##NAME, METH_FASTCALL, NULL}
 static PyMethodDef methods[] = {
     FAST(linear_f32), FAST(linear_i8), FAST(linear_i4), FAST(rmsnorm), FAST(rope),
     FAST(decode_attention), FAST(silu_mul), FAST(attention_step), FAST(layer_step), FAST(stack_step),
     {"cpu_supported", py_cpu_supported, METH_NOARGS, NULL},
+    {"f32_isa", py_f32_isa, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 

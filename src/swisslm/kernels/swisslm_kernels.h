@@ -24,6 +24,7 @@ void swl_linear_i8(const float *x, const int8_t *w, const float *scales, const f
 int swl_linear_i4(const float *x, const uint8_t *w, const float *scales, const float *mins, const float *bias,
                   float *y, int64_t M, int64_t K, int64_t N, int64_t group_size, int nthreads);
 int swl_cpu_supported(void);
+int swl_f32_isa(int want);  // fp32 kernel: -1 query, 0 AVX2, 1 AVX-512 (where the CPU has it)
 
 // cpu_decode.c
 void swl_rmsnorm(const float *x, const float *w, float *y, int64_t rows, int64_t C, float eps);
