@@ -273,7 +273,8 @@ TARGET_512 static inline __m256 fold512(__m512 a) {
 // pass's share of the next block's bytes (as PF_PASS).
 #define STEP512_BEGIN(k)                                                                           \
     const __mmask16 msk = ke - (k) >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (ke - (k))) - 1);   \
-    if (P == 1) {                                                                                  \
+    if (!F32_PF_BLOCKS) {                                                                          \
+    } else if (P == 1) {                                                                           \
         if (m == 0)                                                                                \
             for (int o = 0; o < NB * 64; o += 64) PREFETCH(pf_chunk + ((k) - ks) * NB * 4 + o);     \
     } else {                                                                                       \
