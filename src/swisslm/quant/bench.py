@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -273,7 +274,27 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         load = None
     return {"model": args.model or "embedded SmolLM2-135M-Instruct", "threads": args.threads,
             "new_tokens": args.new_tokens, "prompt_tokens": len(ids), "rounds": args.rounds,
-            "compile": args.compile, "load_avg_1min": load, "rows": table, "skipped": skipped}
+            "compile": args.compile, "load_avg_1min": load, "cpu": f"{_cpu_name()}, {os.cpu_count()} CPUs",
+            "kernels": _kernels_in_use(), "rows": table, "skipped": skipped}
+
+
+def _cpu_name() -> str:
+    """The CPU's model name, so a saved table says what machine it is from."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _kernels_in_use() -> str:
+    """Which of our decode kernels the workers run (the same machine, so the same answer)."""
+    from .. import kernels
+
+    return f"{kernels.f32_isa()} fp32 kernel" if kernels.available() else "off (torch operators)"
 
 
 def format_table(res: dict[str, Any]) -> str:
@@ -283,6 +304,8 @@ def format_table(res: dict[str, Any]) -> str:
     lines = [f"CPU decode: {res['model']}, {res['prompt_tokens']}-token prompt, {res['new_tokens']} new tokens "
              f"greedy (EOS ignored), {res['threads']} threads, best of {res['rounds']} interleaved rounds, "
              f"compile={res['compile']}, load avg {res['load_avg_1min']}"]
+    if "cpu" in res:
+        lines.append(f"machine: {res['cpu']}; swisslm kernels: {res['kernels']}")
     head = f"{'batch':>5} {'peer':<15} {'tok/s':>9} {'peak RSS MiB':>13}  " + "  ".join(f"vs {p:<13}" for p in peers)
     lines.append(head)
     for b in dict.fromkeys(r["batch"] for r in rows):
