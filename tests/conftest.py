@@ -60,3 +60,18 @@ def tiny():
     cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
                       max_position_embeddings=64)
     return swisslm.AutoModel.from_config(cfg, seed=0).eval()
+
+
+@pytest.fixture(params=["avx2", "avx512"])
+def isa(request):
+    """Runs a test on each fp32 kernel this CPU has (AVX2 everywhere, AVX-512 where present)."""
+    from swisslm import kernels
+
+    if not kernels.available():
+        pytest.skip("swisslm's CPU kernels did not build here")
+    default = kernels.f32_isa()
+    if kernels.f32_isa(request.param) != request.param:
+        kernels.f32_isa(default)
+        pytest.skip(f"this CPU has no {request.param}")
+    yield request.param
+    kernels.f32_isa(default)

@@ -29,17 +29,6 @@ def kernels_off():
         kernels.set_enabled(True)
 
 
-@pytest.fixture(params=kernels.F32_ISAS)
-def isa(request):
-    """Runs a test on each fp32 kernel this CPU has (AVX2 everywhere, AVX-512 where present)."""
-    default = kernels.f32_isa()
-    if kernels.f32_isa(request.param) != request.param:
-        kernels.f32_isa(default)
-        pytest.skip(f"this CPU has no {request.param}")
-    yield request.param
-    kernels.f32_isa(default)
-
-
 def test_f32_isa_rejects_unknown_names():
     with pytest.raises(ValueError, match="sse"):
         kernels.f32_isa("sse")

@@ -71,8 +71,8 @@ def test_grouped_compute_matches_dense_reference_values_and_grads(kw, backend):
 
 
 @pytest.mark.skipif(not kernels.available(), reason="swisslm's CPU kernels did not build here")
-@pytest.mark.parametrize("tokens", [7, 600])  # a few rows per expert; over KERNEL_MAX_ROWS (torch's mm)
-def test_inference_kernel_path_matches_dense_reference(tokens, monkeypatch):
+@pytest.mark.parametrize("tokens", [7, 600])  # a few rows per expert; over kernel_max_rows() (torch's mm)
+def test_inference_kernel_path_matches_dense_reference(tokens, isa, monkeypatch):
     # Inference on the CPU: experts through swisslm's linear kernel, silu(gate) * up * routing
     # weight in one fused pass (counted, so the test fails if the fused path is not taken).
     m = random_moe(moe_cfg(num_experts_per_tok=2, norm_topk_prob=True))
@@ -84,6 +84,28 @@ def test_inference_kernel_path_matches_dense_reference(tokens, monkeypatch):
         ours = m(x)
     assert len(calls) == 1 and calls[0][1] is not None
     torch.testing.assert_close(ours, dense_reference(m, x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not kernels.available(), reason="swisslm's CPU kernels did not build here")
+def test_expert_rows_cut_follows_the_fp32_kernel(isa, monkeypatch):
+    # 40 rows per expert: swisslm's kernel where it runs on AVX2, torch's GEMM on AVX-512 (which
+    # leads there from ~32 rows); 8 rows: the kernel on both. Same results either way.
+    from swisslm.core.moe import _grouped_linear_eager, kernel_max_rows
+
+    assert kernel_max_rows() == {"avx2": 96, "avx512": 24}[isa]
+    calls = []
+    real = kernels.linear_f32
+    monkeypatch.setattr(kernels, "linear_f32", lambda x, *a, **k: calls.append(x.shape[0]) or real(x, *a, **k))
+    w = torch.randn(3, 24, 32)
+    for rows in (8, 40):
+        calls.clear()
+        x = torch.randn(3 * rows, 32)
+        offs = torch.tensor([rows, 2 * rows, 3 * rows], dtype=torch.int32)
+        with torch.inference_mode():
+            y = _grouped_linear_eager(x, w, offs)
+        ref = torch.cat([x[i * rows : (i + 1) * rows] @ w[i].T for i in range(3)])
+        torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+        assert calls == ([rows] * 3 if rows <= kernel_max_rows() else [])
 
 
 def test_experts_that_get_no_tokens_and_single_token():

@@ -47,9 +47,18 @@ GROUPED_BACKEND: str = "auto"
 # Experts with at most this many rows go through swisslm's CPU kernel, larger ones through torch's
 # mm. The kernel reads each weight row once, in place, from the stacked (E, out, in) tensor; MKL's
 # GEMM first repacks the expert's whole weight, which at tens of rows costs as much as the
-# multiply (OLMoE-1B-7B expert shapes, 2 threads: ~135-150 vs ~65-130 GFLOP/s from 16 to 64 rows;
-# level at ~96 rows, where the blocked GEMM's reuse starts to pay).
-KERNEL_MAX_ROWS = 96
+# multiply. Where the kernel runs on AVX2 (measured on an AVX2-only AMD host; OLMoE-1B-7B expert
+# shapes, 2 threads) it did ~135-150 against ~65-130 GFLOP/s from 16 to 64 rows, level at ~96.
+# On an AVX-512 CPU torch's GEMM runs 16-wide as well and pulls ahead much earlier: on Emerald
+# Rapids ours led up to 16 rows (83-90 vs 61-72 GFLOP/s) and trailed from 32 (95-98 vs 105;
+# 97-105 vs 155-190 at 96), and with the AVX2 cut the MoE layer's prefill ran at 0.8x of
+# transformers'. kernel_max_rows() picks the cut for the fp32 kernel in use.
+KERNEL_MAX_ROWS = {"avx2": 96, "avx512": 24}
+
+
+def kernel_max_rows() -> int:
+    """Most rows an expert may have to go through swisslm's kernel (needs the kernels)."""
+    return KERNEL_MAX_ROWS[kernels.f32_isa()]
 
 
 @functools.cache
@@ -81,10 +90,11 @@ def _grouped_linear_eager(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) 
         return torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)
     # One product per expert that received rows (a loop over <= E experts, never over tokens).
     out = x.new_empty(x.shape[0], w.shape[1])
+    max_rows = kernel_max_rows() if kernel else 0
     start = 0
     for e, end in enumerate(offs.tolist()):
         if end > start:
-            if kernel and end - start <= KERNEL_MAX_ROWS:
+            if end - start <= max_rows:
                 kernels.linear_f32(x[start:end], w[e], out=out[start:end])
             else:
                 torch.mm(x[start:end], w[e].t(), out=out[start:end])
