@@ -270,17 +270,12 @@ TARGET_512 static inline __m256 fold512(__m512 a) {
 }
 
 // One 16-column step's mask (the columns left may not fill a vector) and the prefetch of this
-// pass's share of the next block's bytes (as PF_PASS).
+// pass's share of the next block's bytes: the AVX2 kernel's PF_PASS for each of its two 8-column
+// halves.
 #define STEP512_BEGIN(k)                                                                           \
     const __mmask16 msk = ke - (k) >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (ke - (k))) - 1);   \
-    if (!F32_PF_BLOCKS) {                                                                          \
-    } else if (P == 1) {                                                                           \
-        if (m == 0)                                                                                \
-            for (int o = 0; o < NB * 64; o += 64) PREFETCH(pf_chunk + ((k) - ks) * NB * 4 + o);     \
-    } else {                                                                                       \
-        const char *a_ = pf_chunk + (p * chunk_bytes + ((k) - ks) * NB * 4) / P;                   \
-        for (int o = 0; o < lines_per_pass * 64; o += 64) PREFETCH(a_ + o);                        \
-    }
+    PF_PASS(k, F32_PF_BLOCKS);                                                                     \
+    PF_PASS((k) + 8, F32_PF_BLOCKS);
 #define LOADX512(j) _mm512_maskz_loadu_ps(msk, xr + (j) * K + k)
 // Weight row i times every activation vector of the pass; the weight stays in a register
 // (see IN_REG). Accumulators are named variables: as an array gcc kept a copy in memory and
@@ -301,8 +296,7 @@ TARGET_512 static void block_f32_512(const float *x, const float *w, const float
     const char *pf_base = (const char *)w + F32_PF_BLOCKS * NB * K * (int64_t)sizeof(float);
     // passes over the block: 4 rows at a time, then 2, then 1
     const int64_t P = PF_SPREAD ? M / 4 + (M % 4) / 2 + (M % 2) : 1;
-    const int lines_per_pass = (int)((NB + P - 1) / P);  // a 16-column step consumes NB lines
-    const int64_t nchunks = K ? (K + KC - 1) / KC : 0;
+    const int64_t nchunks = K ? (K + KC - 1) / KC : 1;  // K = 0: one empty pass stores the bias
     for (int64_t c = 0; c < nchunks; c++) {
         const int64_t ks = c * KC, ke = ks + KC < K ? ks + KC : K;
         const int64_t chunk_bytes = (ke - ks) * NB * (int64_t)sizeof(float);
@@ -355,8 +349,6 @@ TARGET_512 static void block_f32_512(const float *x, const float *w, const float
             ROW_OUT512(0, a00, a01, a02, a03);
         }
     }
-    if (K == 0)
-        for (int64_t m = 0; m < M; m++) store_rows(y, N, m, n0, nb, _mm_setzero_ps(), NULL, bias);
 }
 
 // Which fp32 kernel runs: 1 = AVX-512 where the CPU has it, 0 = AVX2. Set once from the CPU,
