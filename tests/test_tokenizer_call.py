@@ -147,3 +147,29 @@ def test_pad_token_assignment_and_bad_arguments(minilm_pair):
         ours(["a", "b c d"], return_tensors="pt")
     with pytest.raises(ValueError, match="padding_side"):
         ours(["a"], padding=True, padding_side="middle")
+
+
+def test_auto_tokenizer_has_transformers_defaults(smol_pair, minilm_pair):
+    """`swisslm.auto.AutoTokenizer` differs from swisslm's Tokenizer only in transformers' defaults:
+    decode keeps special tokens, apply_chat_template tokenizes and returns a dict."""
+    from swisslm.auto import AutoTokenizer
+
+    smol, mini = _paths()
+    _, theirs = smol_pair
+    ours = AutoTokenizer.from_pretrained(smol)
+    enc = theirs(TEXTS, padding=True, return_tensors="pt")
+    assert ours.batch_decode(enc.input_ids) == theirs.batch_decode(enc.input_ids)
+    assert ours.decode(enc.input_ids[0]) == theirs.decode(enc.input_ids[0])
+    msgs = [{"role": "user", "content": "Hi"}]
+    _same(ours.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt"),
+          theirs.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt"))
+    assert ours.apply_chat_template(msgs, tokenize=False) == theirs.apply_chat_template(msgs, tokenize=False)
+    left = AutoTokenizer.from_pretrained(mini, padding_side="left", use_fast=True)
+    _, theirs_mini = minilm_pair
+    theirs_mini.padding_side = "left"
+    try:
+        _same(left(TEXTS, padding=True, return_tensors="pt"), theirs_mini(TEXTS, padding=True, return_tensors="pt"))
+    finally:
+        theirs_mini.padding_side = "right"
+    with pytest.warns(UserWarning, match="ignores \\['revision'\\]"):
+        AutoTokenizer.from_pretrained(mini, revision="main")
