@@ -144,14 +144,13 @@ class Model(Transformer):
                 f"{name} ({_percent(n, total)})" for name, n in ranked)
             steps.append(f"GGUF {types}" if src.container == "gguf" else types)
         q = getattr(self, "quantization", None)
-        if q:  # quantized on load from a swisslm folder (no source_format), or after a float load
-            if steps:
-                steps.append(dtype_name(self._float_dtype()))
-            return " → ".join([*steps, _describe_quantization(q)])
         floats = [p.dtype for p in self.parameters() if p.is_floating_point() and p.dim() >= 2]
-        in_memory = dtype_name(max(set(floats), key=floats.count) if floats else self._float_dtype())
-        if steps != [in_memory]:
-            steps.append(in_memory)
+        # The float dtype the matrices were loaded in (before quantize_, the norms still have it).
+        loaded = dtype_name(max(set(floats), key=floats.count) if floats and not q else self._float_dtype())
+        if steps != [loaded] and (steps or not q):  # a quantized swisslm folder has no float stage
+            steps.append(loaded)
+        if q:
+            steps.append(_describe_quantization(q))
         return " → ".join(steps)
 
     def _float_dtype(self) -> torch.dtype:
