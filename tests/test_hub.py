@@ -74,6 +74,7 @@ def _logits(model: swisslm.Model) -> torch.Tensor:
     ("org/model.gguf", None),  # a file in a folder "org"
     ("./org/name", None), ("/abs/name", None), ("~/org/name", None), ("name", None),
     ("org/name@", None), ("org//name", None), ("-org/name", None), ("org/name/../x.gguf", None),
+    ("org--x/name", None), ("org/na..me", None), ("org/name.git", None), ("org/name-", None),  # invalid ids
 ])
 def test_parse_repo_spec(spec: str, want: RepoSpec | None) -> None:
     assert parse_repo_spec(spec) == want
@@ -180,16 +181,24 @@ def test_cli_missing_repo_id_is_one_line(hub_cache: Path, capsys: pytest.Capture
     assert str(hub_cache) in err and "huggingface-cli download org/missing" in err
 
 
-def test_the_resolver_imports_neither_torch_nor_huggingface_hub() -> None:
+def test_the_resolver_imports_neither_torch_nor_huggingface_hub(hub_cache: Path) -> None:
     """swisslm.io.hub runs before anything is loaded (the CLI checks --model with it), so its own
-    imports must stay light. The package is stubbed so that only this module's import chain is
-    measured (swisslm/__init__'s own laziness is the CLI start-up tests' subject)."""
+    imports must stay light, and a path or an id that was never downloaded must not even import
+    huggingface_hub. The package is stubbed so that only this module's import chain is measured
+    (swisslm/__init__'s own laziness is the CLI start-up tests' subject)."""
     code = (
         "import sys, types\n"
         f"pkg = types.ModuleType('swisslm'); pkg.__path__ = [{str(SRC / 'swisslm')!r}]\n"
         "sys.modules['swisslm'] = pkg\n"
         "from swisslm.io.hub import resolve_model\n"
+        "from swisslm.io.errors import CheckpointError\n"
         "resolve_model('.')\n"
+        "try:\n"
+        "    resolve_model('org/never-downloaded')\n"
+        "except CheckpointError as e:\n"
+        "    assert 'huggingface-cli download org/never-downloaded' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('a missing repo id resolved')\n"
         "heavy = sorted(m for m in ('torch', 'huggingface_hub', 'numpy') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
     )

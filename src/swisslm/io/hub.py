@@ -26,9 +26,13 @@ from pathlib import Path
 
 from .errors import CheckpointError
 
-# One part of a repo id ("org" or "name"): what the Hub accepts, give or take the finer rules
-# (no "--" or ".." inside) that huggingface_hub's own validation enforces afterwards.
-_ID_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+# One part of a repo id ("org" or "name"), by huggingface_hub's validate_repo_id: at most 96 of
+# [A-Za-z0-9_.-], starting and ending with a word character, no "--" or "..", no ".git" end.
+_ID_PART = re.compile(r"\w(?:[\w.-]{0,94}\w)?", re.ASCII)
+
+
+def _valid_id_part(part: str) -> bool:
+    return bool(_ID_PART.fullmatch(part)) and "--" not in part and ".." not in part and not part.endswith(".git")
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ def parse_repo_spec(spec: str) -> RepoSpec | None:
     if not rest and name_rev.lower().endswith(".gguf"):
         return None
     name, at, revision = name_rev.partition("@")
-    if not (_ID_PART.fullmatch(org) and _ID_PART.fullmatch(name)) or (at and not revision):
+    if not (_valid_id_part(org) and _valid_id_part(name)) or (at and not revision):
         return None
     if any(not p or p in (".", "..") for p in rest):
         return None
@@ -92,10 +96,14 @@ def _fetch_hint(repo: RepoSpec) -> str:
 def _cached_snapshot(spec: str, repo: RepoSpec) -> Path | None:
     """The snapshot folder of `repo` in the local cache; None when huggingface_hub says the id is
     not a valid repo id (then `spec` was meant as a path)."""
+    cache = hub_cache_dir()
+    # A repo never downloaded has no folder: say so without importing huggingface_hub (about a
+    # second on a busy 2-core machine), so a mistyped id costs nothing.
+    if not (cache / ("models--" + repo.repo_id.replace("/", "--"))).is_dir():
+        raise CheckpointError(_missing(spec, repo, cache))
     from huggingface_hub import snapshot_download  # noqa: PLC0415 - only when a repo id is resolved
     from huggingface_hub.utils import HFValidationError, LocalEntryNotFoundError  # noqa: PLC0415
 
-    cache = hub_cache_dir()
     try:
         folder = snapshot_download(repo.repo_id, revision=repo.revision, cache_dir=cache, local_files_only=True)
     except HFValidationError:
@@ -107,9 +115,12 @@ def _cached_snapshot(spec: str, repo: RepoSpec) -> Path | None:
         partial = getattr(e, "snapshot_path", None)
         if partial:
             return Path(partial)
-        raise CheckpointError(f"{spec}: no such file or folder, nor a model in the local Hugging Face cache "
-                              f"({cache}); {_fetch_hint(repo)}") from None
+        raise CheckpointError(_missing(spec, repo, cache)) from None
     return Path(folder)
+
+
+def _missing(spec: str, repo: RepoSpec, cache: Path) -> str:
+    return f"{spec}: no such file or folder, nor a model in the local Hugging Face cache ({cache}); {_fetch_hint(repo)}"
 
 
 def _pick(spec: str, repo: RepoSpec, snapshot: Path) -> Path:
