@@ -43,10 +43,6 @@ class RepoSpec:
     revision: str | None = None
     filename: str | None = None
 
-    def __str__(self) -> str:
-        rev = f"@{self.revision}" if self.revision else ""
-        return f"{self.repo_id}{rev}{'/' + self.filename if self.filename else ''}"
-
 
 def hub_cache_dir() -> Path:
     """The Hugging Face hub cache folder, from the environment as it is now.
