@@ -204,3 +204,13 @@ def test_the_resolver_imports_neither_torch_nor_huggingface_hub(hub_cache: Path)
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+def test_auto_tokenizer_resolves_a_repo_id(hub_cache: Path, minilm_path: Path, no_network: None) -> None:
+    from swisslm.auto import AutoTokenizer
+
+    cache_repo(hub_cache, "sentence-transformers/all-MiniLM-L6-v2", minilm_path)
+    tok = AutoTokenizer.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")
+    assert tok("hello world")["input_ids"] == AutoTokenizer.from_pretrained(minilm_path)("hello world")["input_ids"]
+    with pytest.raises(CheckpointError, match="huggingface-cli download"):
+        AutoTokenizer.from_pretrained("sentence-transformers/not-downloaded")

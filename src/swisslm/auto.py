@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 from typing import Any
 
 from .io.tokenizer import Tokenizer
@@ -46,11 +45,13 @@ def _as_transformers_tokenizer(tok: Tokenizer) -> PreTrainedTokenizer:
 
 
 def load_tokenizer(path: str | os.PathLike[str] | None) -> Tokenizer:
-    """The tokenizer of an HF folder or a .gguf file (None: the embedded default model)."""
+    """The tokenizer of an HF folder, a .gguf file or a hub id in the local HF cache (None: the
+    embedded default model)."""
     from .io.embedded import default_model_path
     from .io.errors import CheckpointError
+    from .io.hub import resolve_model
 
-    src = Path(path) if path is not None else default_model_path()
+    src = resolve_model(path) if path is not None else default_model_path()
     if src.is_file() and src.suffix == ".gguf":
         from .io.gguf import open_gguf, read_gguf_tokenizer
 
