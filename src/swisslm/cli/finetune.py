@@ -6,6 +6,8 @@
 
 `--data` is JSONL with a `text` column (all tokens trained) or `messages` (chat; the model's chat
 template applied, loss only on assistant turns). `--quantization int8|int4` with `--peft` is QLoRA.
+A non-empty --output needs `--resume` (continue it) or `--overwrite` (replace it). Under
+`torchrun --nproc_per_node N -m swisslm finetune ...` the run is DDP; only rank 0 writes and prints.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ..progress import add_quiet_arg, progress_enabled
 from .common import UsageError, set_threads
 
 
 def register(sub) -> None:
     p = sub.add_parser("finetune", help="supervised fine-tuning (full, LoRA or QLoRA), autotrain llm options")
-    p.add_argument("--model", default=None, help="HF folder or .gguf file (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--model", default="default",
+                   help="HF folder or .gguf file; 'default' = the embedded SmolLM2-135M-Instruct")
     p.add_argument("--data", required=True, help="training JSONL: a 'text' column or 'messages' (chat)")
     p.add_argument("--valid-data", default=None, help="validation JSONL (same format)")
     p.add_argument("--output", "--project-name", dest="output", default="swisslm-finetune",
@@ -56,30 +60,43 @@ def register(sub) -> None:
     p.add_argument("--eval-steps", type=int, default=0, help="evaluate every N steps (0: at the end)")
     p.add_argument("--save-steps", type=int, default=0, help="checkpoint every N steps (0: at the end)")
     p.add_argument("--save-total-limit", type=int, default=2)
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUTPUT")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--resume", action="store_true", default=False,
+                   help="continue from the newest checkpoint in OUTPUT")
+    p.add_argument("--overwrite", action="store_true", default=False,
+                   help="delete the previous run in OUTPUT first")
+    p.add_argument("--peak-flops", type=float, default=None,
+                   help="peak FLOP/s per device for MFU (default: known GPUs only)")
+    add_quiet_arg(p, "--no-progress")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..finetune.data import DataError
-    from ..finetune.sft import SFTConfig, run_sft
+    from ..finetune.sft import SFTConfig, check_output, run_sft
+    from ..train.distributed import is_main_process
 
     set_threads(args.threads)
     fields = {f.name for f in dataclasses.fields(SFTConfig)}
     kw = {k: v for k, v in vars(args).items() if k in fields}
-    kw["progress"] = not args.no_progress and not args.json
+    if kw.get("model") == "default":
+        kw["model"] = None
+    kw["progress"] = progress_enabled(args.quiet or args.json)
     if kw.get("mixed_precision") == "none":
         kw["mixed_precision"] = None
     cfg = SFTConfig(**kw)
-    if args.chat_template and not Path(args.chat_template).is_file():
-        raise UsageError(f"--chat-template {args.chat_template}: no such file")
+    cfg.validate()
+    # files and the output folder are checked before the model loads
+    for flag, f in (("--data", args.data), ("--valid-data", args.valid_data), ("--chat-template", args.chat_template)):
+        if f is not None and not Path(f).is_file():
+            raise UsageError(f"{flag} {f}: no such file")
+    check_output(Path(cfg.output), cfg.resume, cfg.overwrite, clear=False)
     try:
-        cfg.validate()
         summary = run_sft(cfg)
     except DataError as e:
         raise UsageError(str(e)) from None
+    if not is_main_process():  # torchrun: rank 0 reports for all
+        return 0
     if args.json:
         print(json.dumps(summary))
     else:
