@@ -174,3 +174,29 @@ def test_classify_predict_end_to_end_with_lora(tmp_path, capsys):
         assert main(["classify", *argv]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_classify_full_finetune_saves_its_backbone_for_predict(tmp_path, capsys):
+    from train_helpers import make_corpus, make_tokenizer
+
+    from swisslm.cli import main
+    from swisslm.io.tokenizer import Tokenizer
+
+    base = make_tokenizer(tmp_path / "base", make_corpus(tmp_path / "corpus.txt", 100))
+    cfg = ModelConfig(vocab_size=Tokenizer.from_folder(base).vocab_size, hidden_size=32, num_layers=2, num_heads=4,
+                      intermediate_size=48)
+    swisslm.AutoModel.from_config(cfg, seed=0).save_pretrained(base)
+    rows = [{"text": f"the {a} dog ran", "label": i % 2} for i, a in enumerate(("big", "small", "red", "blue"))]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    assert main(["classify", "--model", str(base), "--data", str(data), "--full-finetune", "--max-steps", "3",
+                 "--batch-size", "4", "--output", str(run), "--quiet", "--json", "--threads", "1"]) == 0
+    train_acc = json.loads(capsys.readouterr().out)["train_accuracy"]
+    saved = json.loads((run / "classifier_config.json").read_text())
+    assert saved["base_model"] == str((run / "model").resolve()) and (run / "model" / "config.json").is_file()
+    assert main(["classify", "--predict", str(data), "--model", str(run), "--batch-size", "4", "--threads", "1"]) == 0
+    preds = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [p["label"] in (0, 1) for p in preds] == [True] * 4
+    assert sum(p["label"] == r["label"] for p, r in zip(preds, rows)) / 4 == train_acc
+    assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-5 for p in preds)

@@ -27,7 +27,7 @@ def register(sub) -> None:
     p = sub.add_parser("eval-choices", help="multiple-choice accuracy by log-likelihood (ARC/HellaSwag style)")
     p.add_argument("file", help="JSONL: one {context, choices, gold} object per line")
     add_model_args(p)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="choices scored per forward")
     p.add_argument("--limit", type=int, default=None, help="score only the first N items")
     p.add_argument("--json", action="store_true", default=False, help="print one JSON object")
     add_quiet_arg(p)
