@@ -290,3 +290,12 @@ def test_mfu_only_against_a_known_peak(caplog):
     assert not any("mfu" in r for r in rows)
     warnings = [r for r in caplog.records if "MFU would be" in r.getMessage()]
     assert len(warnings) == 1 and "--peak-flops" in warnings[0].getMessage()
+
+
+def test_train_peak_flops_flag(tmp_path, capsys):
+    cfg = write_yaml(tmp_path / "c.yaml", tiny_train_config(tmp_path / "run", tmp_path / "data"))
+    assert cli_main(["train", str(cfg), "--peak-flops", "2e14", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["logging"]["peak_flops"] == 2e14
+    assert cli_main(["train", str(cfg), "--peak-flops", "0", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "logging.peak_flops" in err

@@ -23,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--print-config", action="store_true", default=False, help="print the validated config and exit")
     p.add_argument("--export-hf", metavar="OUT", default=None,
                    help="do not train: write the run's latest checkpoint (or --resume CKPT) as an HF folder")
+    p.add_argument("--peak-flops", type=float, default=None,
+                   help="peak FLOP/s per device for MFU (default: logging.peak_flops, else known GPUs only)")
     add_quiet_arg(p)
     p.set_defaults(func=run)
 
@@ -32,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..train.config import load_train_config
 
-    cfg = load_train_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.peak_flops is not None:  # validated (> 0) with the rest of the config
+        overrides.append(f"logging.peak_flops={args.peak_flops!r}")
+    cfg = load_train_config(args.config, overrides)
     if args.print_config:
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
         return 0
