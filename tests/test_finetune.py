@@ -184,6 +184,8 @@ def test_finetune_refuses_a_previous_run_unless_resume_or_overwrite(tok, tmp_pat
     assert "not empty" in _one_error_line(capsys) and (out / "merged").is_dir()
     assert main(args + ["--max-steps", "1", "--resume", "--overwrite"]) == 2
     assert "pick one" in _one_error_line(capsys)
+    assert main(args[:-1] + [str(tmp_path / "fresh"), "--resume"]) == 2
+    assert "no checkpoint under" in _one_error_line(capsys)
     # --overwrite: the old run's checkpoints, metrics rows and merged model are gone
     assert main(args + ["--max-steps", "1", "--overwrite"]) == 0
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"step-00000001"}

@@ -92,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
         if f is not None and not Path(f).is_file():
             raise UsageError(f"{flag} {f}: no such file")
     check_output(Path(cfg.output), cfg.resume, cfg.overwrite, clear=False)
+    if cfg.resume:
+        from ..train import CheckpointManager
+
+        if CheckpointManager(Path(cfg.output) / "checkpoints").latest() is None:
+            raise UsageError(f"--resume: no checkpoint under {Path(cfg.output) / 'checkpoints'}")
     try:
         summary = run_sft(cfg)
     except DataError as e:
