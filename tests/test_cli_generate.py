@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture
 def cli(smollm2, monkeypatch):
     monkeypatch.setattr("swisslm.cli.generate.load_model_from_args", lambda args: smollm2)
-    monkeypatch.setattr("swisslm.cli.chat.load_model_from_args", lambda args: smollm2)
+    monkeypatch.setattr("swisslm.cli.common.load_model_from_args", lambda args: smollm2)  # chat, serve
     return smollm2
 
 

@@ -1,17 +1,26 @@
 # SPDX-License-Identifier: Apache-2.0
 """The `swisslm` command. Each subcommand lives in its own module with `register(subparsers)`;
-user mistakes exit with status 2 and one line on stderr, never a traceback."""
+user mistakes exit with status 2 and one line on stderr, never a traceback.
+
+Start-up stays instant: building the parser imports no torch (subcommand modules import heavy
+packages inside their run functions), and the cheap checks (`cli/validate.py`, plus a command's
+own `check` set with `set_defaults(check=...)`) run before the command, so a bad option is
+reported in milliseconds, before any model loads.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import logging
 import sys
 
 from ..config import ConfigError
 from ..io.errors import CheckpointError
+from . import timings
 from .common import UsageError
+from .validate import check_model_args
 
 # Subcommand modules, in `swisslm --help` order. A module missing from the tree is skipped.
 COMMAND_MODULES = (
@@ -23,7 +32,39 @@ USER_ERRORS = (UsageError, ConfigError, CheckpointError, FileNotFoundError, IsAD
                NotADirectoryError, PermissionError)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is nothing to show (None, a flag's False,
+    an empty list) or the help text already says it."""
+
+    @staticmethod
+    def _shows_default(action: argparse.Action) -> bool:
+        if action.default in (None, False, argparse.SUPPRESS) or action.default == []:
+            return False
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction,
+                               argparse._VersionAction, argparse._SubParsersAction)):
+            return False
+        if "default" in (action.help or "").lower():
+            return False
+        return bool(action.option_strings) or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = (action.help or "").strip()
+        if self._shows_default(action):
+            text = f"{text} (default: %(default)s)" if text else "default: %(default)s"
+        return text
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and self._shows_default(action):  # argparse prints no help line at all
+            action = copy.copy(action)
+            action.help = " "  # a placeholder that _get_help_string replaces by the default
+        return super()._format_action(action)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, not usage + error
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         sys.exit(2)
@@ -44,12 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_checks(args: argparse.Namespace) -> None:
+    """The checks that need no model: shared ones (--model path, --threads), then the command's."""
+    check_model_args(args)
+    check = getattr(args, "check", None)
+    if check is not None:
+        check(args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    timings.start()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        run_checks(args)
         return int(args.func(args) or 0)
     except USER_ERRORS as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -64,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    finally:
+        timings.report()
 
 
 if __name__ == "__main__":
