@@ -16,7 +16,8 @@ around the subprocess. Phases:
     kernels                building (cold: a C compile) or loading the CPU decode kernels
     first token            prefill + one decode step (a run with --max-new-tokens 1)
     rest of generation     the remaining tokens
-    exit / other           argument parsing, output, interpreter shutdown
+    parse, checks, output  the rest of main(): building the parser, option checks, printing
+    interpreter exit       main() returned to process gone
 
 "cold" is the first run with an empty kernel cache (a fresh XDG_CACHE_HOME) after dropping the OS
 page cache when this process may (root, /proc/sys/vm/drop_caches writable; the report says
@@ -40,7 +41,8 @@ from typing import Any
 
 PROMPT = "The capital of France is"
 ROWS = ("python + swisslm.cli", "import torch", "import swisslm", "model load", "  of which GGUF header",
-        "  of which dequant", "kernels", "first token", "rest of generation", "exit / other", "total")
+        "  of which dequant", "kernels", "first token", "rest of generation", "parse, checks, output",
+        "interpreter exit", "total")
 
 # Times the two load steps that dominate a GGUF load, alone, in a fresh process (prints JSON).
 LOAD_SPLIT = """
@@ -80,6 +82,7 @@ def run_cli(threads: int, max_new_tokens: int, cache: Path) -> dict[str, Any]:
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t
+    end = time.time()
     if proc.returncode:
         raise SystemExit(f"swisslm generate failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
     line = next((ln for ln in proc.stderr.splitlines() if ln.startswith("swisslm-timings ")), None)
@@ -87,7 +90,7 @@ def run_cli(threads: int, max_new_tokens: int, cache: Path) -> dict[str, Any]:
         raise SystemExit("swisslm printed no timings line (is this swisslm's own checkout on PYTHONPATH?)")
     t = json.loads(line.split(" ", 1)[1])
     return {"wall": wall, "before_main": t["main_unix"] - launch, "main": t["total"], "phases": t["phases"],
-            "text": proc.stdout.strip()}
+            "after_main": end - t["main_unix"] - t["total"], "text": proc.stdout.strip()}
 
 
 def load_split(threads: int) -> dict[str, float]:
@@ -110,10 +113,10 @@ def breakdown(full: dict[str, Any], one: dict[str, Any], split: dict[str, float]
         "kernels": p.get("kernels", 0.0),
         "first token": first,
         "rest of generation": max(p.get("generate", 0.0) - first, 0.0),
+        "parse, checks, output": full["main"] - sum(p.values()),
+        "interpreter exit": full["after_main"],
+        "total": full["wall"],
     }
-    counted = sum(v for k, v in rows.items() if not k.startswith("  "))
-    rows["exit / other"] = max(full["wall"] - counted, 0.0)
-    rows["total"] = full["wall"]
     return rows
 
 

@@ -159,3 +159,20 @@ def test_chat_says_it_is_loading_before_importing_torch(smollm2_path):
     assert loading < torch_line
     assert "SmolLM2" in lines[loading]
     assert proc.stdout.strip()  # and then it answered the piped line
+
+
+def test_generate_output_is_complete_and_timings_are_reported(smollm2_path):
+    """generate leaves through os._exit (no torch teardown): its output must still be flushed
+    whole into a pipe; SWISSLM_TIMINGS=1 adds one line of phases on stderr."""
+    import os
+
+    env = {**os.environ, "SWISSLM_TIMINGS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "swisslm", "generate", "The capital of France is",
+                           "--max-new-tokens", "3", "--threads", "1", "--json"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["num_new_tokens"] == 3
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("swisslm-timings ")]
+    t = json.loads(line.split(" ", 1)[1])
+    assert set(t["phases"]) == {"import torch", "import swisslm", "load", "kernels", "generate"}
+    assert t["total"] >= sum(t["phases"].values()) > 0

@@ -18,7 +18,7 @@ def register(sub) -> None:
     add_model_args(p)
     add_sampling_args(p)
     p.add_argument("--system", default=None, help="system prompt")
-    p.set_defaults(func=run, check=check_sampling, max_new_tokens=512)
+    p.set_defaults(func=run, check=check_sampling, fast_exit=True, max_new_tokens=512)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -46,7 +46,7 @@ def register(sub) -> None:
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=run, check=_check)
+    p.set_defaults(func=run, check=_check, fast_exit=True)
 
 
 def encode_prompt(tok, prompt: str, chat: bool) -> list[int]:
