@@ -176,3 +176,17 @@ def test_generate_output_is_complete_and_timings_are_reported(smollm2_path):
     t = json.loads(line.split(" ", 1)[1])
     assert set(t["phases"]) == {"import torch", "import swisslm", "load", "kernels", "generate"}
     assert t["total"] >= sum(t["phases"].values()) > 0
+
+
+def test_help_formatter_shows_defaults_even_without_help_text():
+    from swisslm.cli import _Parser
+
+    p = _Parser(prog="x")
+    p.add_argument("--lr", type=float, default=3e-5)  # no help text: argparse alone prints nothing
+    p.add_argument("--name", default="run", help="run name")
+    p.add_argument("--flag", action="store_true", help="a flag")
+    p.add_argument("--opt", default=None, help="optional")
+    p.add_argument("--port", type=int, default=1, help="port (default: the first free one)")
+    text = " ".join(p.format_help().split())
+    assert "--lr LR default: 3e-05" in text and "--name NAME run name (default: run)" in text
+    assert "--flag a flag --opt OPT optional --port PORT port (default: the first free one) " in text + " "

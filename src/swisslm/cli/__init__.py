@@ -49,15 +49,13 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return bool(action.option_strings) or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        text = (action.help or "").strip()
-        if self._shows_default(action):
-            text = f"{text} (default: %(default)s)" if text else "default: %(default)s"
-        return text
+        text = action.help or ""
+        return f"{text} (default: %(default)s)" if self._shows_default(action) else text
 
     def _format_action(self, action: argparse.Action) -> str:
         if not action.help and self._shows_default(action):  # argparse prints no help line at all
             action = copy.copy(action)
-            action.help = " "  # a placeholder that _get_help_string replaces by the default
+            action.help = "default: %(default)s"
         return super()._format_action(action)
 
 
