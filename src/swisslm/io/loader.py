@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from ..config import ConfigError, ModelConfig
 from ..core.backbone import Transformer
@@ -142,8 +143,20 @@ def fill_model(model: Transformer, state: dict[str, torch.Tensor], problems: lis
         model.head.proj.weight = model.embed.word.weight
 
 
+class _SkipInit(TorchFunctionMode):
+    """Skips torch.nn.init's fills while a model is built on the meta device: meta tensors hold
+    no values, and `normal_` on a meta tensor goes through torch._refs, whose first call imports
+    torch._dynamo (1-5 s of a CLI start-up). The weights are loaded or `init_weights()`ed after."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
 def build_on_meta(cfg: ModelConfig, model_cls: type[M]) -> M:
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipInit():
         model = model_cls(cfg)
         get_family(cfg.family).attach_modules(model)
         return model
