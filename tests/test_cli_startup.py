@@ -14,7 +14,8 @@ import sys
 import pytest
 
 from swisslm.cli import build_parser
-from swisslm.cli.validate import _looks_like_local_path, check_model_path
+from swisslm.cli.common import UsageError
+from swisslm.cli.validate import check_model_path
 
 HEAVY = ("torch", "numpy", "transformers", "fastapi", "uvicorn", "gguf", "tokenizers", "safetensors")
 
@@ -128,21 +129,29 @@ def test_free_port_passes_the_check():
     check_port("127.0.0.1", port)
 
 
-@pytest.mark.parametrize("value, local", [
-    ("model.gguf", True), ("./m", True), ("../m", True), ("/abs/m", True), ("~/m", True),
-    ("runs/exp1/final", True),
-    ("HuggingFaceTB/SmolLM2-135M-Instruct", False),  # a hub id: resolved (or refused) at load
-    ("mymodel", False), ("default", False),
-])
-def test_which_model_values_are_checked_as_paths(value, local):
-    assert _looks_like_local_path(value) is local
+@pytest.mark.parametrize("value", ["model.gguf", "./m", "/abs/m", "runs/exp1/final", "ORG/never-downloaded"])
+def test_missing_models_are_refused_before_loading(value, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UsageError, match="^--model .*no such file or folder"):
+        check_model_path(value)
 
 
-def test_existing_paths_and_hub_ids_pass(tmp_path):
+def test_existing_paths_cached_hub_ids_and_default_pass(tmp_path, monkeypatch):
+    from hub_helpers import cache_repo
+
     (tmp_path / "m.gguf").write_bytes(b"")
     check_model_path(str(tmp_path / "m.gguf"))
     check_model_path(str(tmp_path))
-    check_model_path("ORG/NAME")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    cache_repo(tmp_path / "hub", "org/name", folder)
+    check_model_path("org/name")
+    check_model_path("default")
     check_model_path(None)
 
 

@@ -21,7 +21,8 @@ class UsageError(ValueError):
 
 def add_model_args(p: argparse.ArgumentParser, quant: bool = True) -> None:
     p.add_argument("--model", default=None,
-                   help="HF folder or .gguf file (default: embedded SmolLM2-135M-Instruct)")
+                   help="HF folder, .gguf file, or ORG/NAME[@REV][/FILE.gguf] from the local HF cache "
+                        "(default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="weight and activation dtype")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -79,7 +80,8 @@ def load_model_from_args(args: argparse.Namespace) -> Any:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
     with phase("load"):
-        model = AutoModel.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+        path = None if args.model in (None, "default") else args.model  # `default`: the embedded model
+        model = AutoModel.from_pretrained(path, dtype=args.dtype, device=args.device)
     if getattr(args, "quant", None):
         from ..quant import quantize_
 

@@ -11,32 +11,24 @@ from __future__ import annotations
 
 import argparse
 import errno
-import os
 import socket
-from pathlib import Path
 
 from .common import UsageError, check_positive
 
 
-def _looks_like_local_path(value: str) -> bool:
-    """True when `value` can only mean a file or folder on this machine.
-
-    `ORG/NAME` (one slash, no ./ ~ prefix) may be a Hugging Face repo id resolved later from the
-    local hub cache, so it is not judged here; a bare name is not either.
-    """
-    if value.endswith(".gguf") or value.startswith(("./", "../", "/", "~", ".\\")):
-        return True
-    if os.altsep and os.altsep in value or os.sep != "/" and os.sep in value:
-        return True
-    return value.count("/") > 1
-
-
 def check_model_path(value: str | None, option: str = "--model") -> None:
-    """A `--model` that is clearly a local path must exist (repo ids are checked at load)."""
-    if value is None or not _looks_like_local_path(value):
+    """`--model` must name a local file or folder, or a hub repo id in the local HF cache
+    (io.hub.resolve_model: torch-free, and an id never downloaded fails without even importing
+    huggingface_hub). `default` is the command's own embedded model."""
+    if value is None or value == "default":
         return
-    if not Path(value).exists():
-        raise UsageError(f"{option} {value}: no such file or folder")
+    from ..io.errors import CheckpointError
+    from ..io.hub import resolve_model
+
+    try:
+        resolve_model(value)
+    except CheckpointError as e:
+        raise UsageError(f"{option} {e}") from None
 
 
 def check_threads(value: int | None) -> None:
