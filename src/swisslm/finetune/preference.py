@@ -612,11 +612,11 @@ def run_preference(cfg: PreferenceConfig, model: Any = None) -> dict[str, Any]:
         model.config.pad_token_id = pad  # the pooling rule reads it; the saved config carries it
     pad_for_pool = model.config.pad_token_id if cfg.trainer == "reward" else pad
 
-    base_params = trainable_parameters(model)[1]
     head = None
     if cfg.trainer == "reward":
         head = RewardHead(model.config.hidden_size, init_std=model.config.initializer_range)
         model.add_mixin("reward", head)
+    base_params = trainable_parameters(model)[1]  # before quantize_ turns weights into buffers
     lora = prepare_model(cfg, model)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -650,7 +650,7 @@ def run_preference(cfg: PreferenceConfig, model: Any = None) -> dict[str, Any]:
 
     steps = cfg.max_steps or math.ceil(cfg.epochs * batches.batches_per_epoch / cfg.gradient_accumulation)
     warmup = math.ceil(cfg.warmup_ratio * steps)
-    trainable, total = trainable_parameters(model)
+    trainable = trainable_parameters(model)[0]
     total = base_params + (trainable if lora is not None else 0)
     opt = build_optimizer(cfg.optimizer, param_groups(model, weight_decay=cfg.weight_decay), cfg.lr)
     sched = make_sft_schedule(cfg.scheduler, cfg.lr, warmup, steps)
@@ -759,24 +759,4 @@ def save_reward_model(model: Any, head: RewardHead, out: str | Path, dtype: str 
     conf["tie_word_embeddings"] = False  # no LM head left to tie
     (folder / "config.json").write_text(json.dumps(conf, indent=2))
     return folder
-
-
-def load_reward_model(folder: str | Path, dtype: str = "float32", device: str = "cpu") -> tuple[Any, RewardHead]:
-    """Load a folder written by save_reward_model back into swisslm (model + RewardHead)."""
-    from safetensors import safe_open
-
-    from .. import AutoModel
-
-    model = AutoModel.from_pretrained(folder, dtype=dtype, device=device)
-    score = None
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as fh:
-            if "score.weight" in fh.keys():  # noqa: SIM118 - safe_open has no __contains__
-                score = fh.get_tensor("score.weight")
-    if score is None:
-        raise ValueError(f"{folder}: no score.weight (not a reward model folder)")
-    head = RewardHead(model.config.hidden_size)
-    head.score.weight.data.copy_(score)
-    model.add_mixin("reward", head)
-    return model, head
 
