@@ -102,11 +102,96 @@ def test_truncation_keeps_the_prompt_response_boundary():
     assert t.chosen_ids == [0, 1, 2] and t.prompt_ids == list(range(112, 120))
 
 
+def test_gradient_checkpointing_keeps_loss_and_gradients(tiny):
+    from swisslm.finetune.train_opts import disable_gradient_checkpointing, enable_gradient_checkpointing
+
+    m = copy.deepcopy(tiny).train()
+    for p in m.parameters():
+        p.requires_grad_(True)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 64, (4, 10), generator=g)
+    b = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "loss_mask": (torch.arange(10) >= 4).long()
+         .expand(4, 10).clone(), "pairs": torch.tensor(2)}
+    ref = (torch.tensor([-3.0, -4.0]), torch.tensor([-3.5, -2.0]))
+    obj = DPOObjective(0.5, lambda bb: ref)
+
+    def grads():
+        m.zero_grad()
+        res = obj(m, b)
+        res.pair_losses.sum().backward()
+        return res.pair_losses.detach(), [p.grad.clone() for p in m.parameters()]
+
+    l0, g0 = grads()
+    assert enable_gradient_checkpointing(m) == len(m.layers)
+    l1, g1 = grads()
+    disable_gradient_checkpointing(m)
+    torch.testing.assert_close(l0, l1)
+    for a, c in zip(g0, g1):
+        torch.testing.assert_close(a, c, atol=1e-6, rtol=1e-5)
+
+
+def test_reference_pass_switches_off_expert_and_linear_adapters_on_moe():
+    from swisslm import ModelConfig
+    from swisslm.mixins import LoRAMixin
+
+    cfg = ModelConfig(family="olmoe", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=16,
+                      qk_norm="full", num_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.01)
+    m = swisslm.AutoModel.from_config(cfg, seed=0).eval()
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base = m(ids).logits
+    lora = LoRAMixin(r=4, alpha=8, target_modules="all-linear")
+    m.add_mixin("lora", lora)
+    assert lora.target_parameters()  # experts are adapted too
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in lora.adapter_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        adapted = m(ids).logits
+        with adapters_disabled(m):
+            torch.testing.assert_close(m(ids).logits, base)
+        torch.testing.assert_close(m(ids).logits, adapted)
+    assert (adapted - base).abs().max() > 1e-2
+    # one DPO step's gradient reaches the expert adapters; the aux loss rides along
+    m.train()
+    b = {"input_ids": ids.repeat(2, 1), "attention_mask": torch.ones(4, 8, dtype=torch.long),
+         "loss_mask": (torch.arange(8) >= 3).long().expand(4, 8).clone(), "pairs": torch.tensor(2)}
+
+    def ref_fn(bb):
+        with adapters_disabled(m), torch.no_grad():
+            return sequence_logps(m, bb)
+
+    res = DPOObjective(0.1, ref_fn)(m, b)
+    assert res.aux_loss is not None
+    (res.pair_losses.sum() + res.aux_loss).backward()
+    experts = [ad for site, _, ad in lora.adapters() if site.expert]
+    assert experts and all(ad.lora_b.grad is not None and ad.lora_b.grad.abs().sum() > 0 for ad in experts)
+
+
+def test_auto_find_batch_size_halves_on_out_of_memory():
+    from swisslm.finetune.train_opts import find_batch_size
+
+    tried = []
+
+    def probe(b):
+        tried.append(b)
+        if b > 3:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99 bytes")
+
+    assert find_batch_size(16, probe) == 2 and tried == [16, 8, 4, 2]
+    with pytest.raises(ValueError):  # anything but an out-of-memory error is not retried
+        find_batch_size(8, lambda b: (_ for _ in ()).throw(ValueError("bad")))
+
+
 # -- parity with TRL on a tiny transformers model -------------------------------------------------
 
-trl = pytest.importorskip("trl")
-transformers = pytest.importorskip("transformers")
-datasets = pytest.importorskip("datasets")
+try:
+    import datasets
+    import transformers
+    import trl
+except ImportError:  # trl is a test-only dependency (the dev extra)
+    trl = None
+needs_trl = pytest.mark.skipif(trl is None, reason="needs trl (pip install swisslm[dev])")
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +248,7 @@ def _assert_metrics(mine: dict, theirs: dict, keys=METRICS):
         assert s / c == pytest.approx(theirs[k], abs=1e-5), k
 
 
+@needs_trl
 def test_dpo_matches_trl_with_a_reference_model(hf_setup):
     d, hft, policy, ref = hf_setup
     tr = trl.DPOTrainer(model=copy.deepcopy(policy), ref_model=copy.deepcopy(ref),
@@ -181,6 +267,7 @@ def test_dpo_matches_trl_with_a_reference_model(hf_setup):
     _assert_metrics(res.sums, tm)
 
 
+@needs_trl
 def test_dpo_lora_reference_is_the_base_with_adapters_off_like_trl_peft(hf_setup):
     peft = pytest.importorskip("peft")
     from swisslm.finetune import load_adapter
@@ -217,6 +304,7 @@ def test_dpo_lora_reference_is_the_base_with_adapters_off_like_trl_peft(hf_setup
         assert (ours(b["input_ids"]).logits - base(b["input_ids"]).logits).abs().max() > 1e-3
 
 
+@needs_trl
 def test_orpo_matches_trl(hf_setup):
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
@@ -237,6 +325,7 @@ def test_orpo_matches_trl(hf_setup):
     _assert_metrics(res.sums, tm, METRICS + ("nll_loss", "log_odds_ratio", "log_odds_chosen"))
 
 
+@needs_trl
 def test_reward_matches_trl_and_loads_in_transformers_with_the_same_scores(hf_setup, tmp_path):
     d, hft, policy, _ = hf_setup
     cfg = copy.deepcopy(policy.config)
