@@ -115,16 +115,28 @@ def _head_logps(head: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, l
     return lp, logits.mean(-1).detach()
 
 
+def _no_logits(h: torch.Tensor) -> torch.Tensor:
+    return h[..., :0]
+
+
 def token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                 select: torch.Tensor, chunk: int = LOGIT_CHUNK) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """log p(input_ids[:, t+1] | ..t) at the positions where `select` (B, T-1) is true, flattened
     in row-major order, the mean logit there (a metric), and the model output (aux loss)."""
     from torch.utils.checkpoint import checkpoint
 
-    out = model(input_ids, attention_mask=attention_mask, num_logits_to_keep=1)
+    inner = unwrap(model)
+    head = inner.output_head_impl
+    # The backbone's own head call is switched off for this forward: even for one position, a
+    # (B, 1, C) @ (C, V) matmul broadcasts the (V, C) weight per row and autograd keeps that copy
+    # (B x 113 MB for SmolLM2) for the backward.
+    object.__setattr__(inner, "output_head_impl", _no_logits)
+    try:
+        out = model(input_ids, attention_mask=attention_mask, num_logits_to_keep=1)
+    finally:
+        object.__setattr__(inner, "output_head_impl", head)
     h = out.last_hidden_state[:, :-1][select]  # (N, C): only positions that carry a loss
     labels = input_ids[:, 1:][select]
-    head = unwrap(model).output_head_impl
     lps, means = [], []
     for i in range(0, h.shape[0], chunk):
         args = (head, h[i : i + chunk], labels[i : i + chunk])
@@ -596,11 +608,18 @@ def run_preference(cfg: PreferenceConfig, model: Any = None) -> dict[str, Any]:
     from .peft_format import save_adapter
     from .pref_data import PairBatches
     from .sft import make_sft_schedule, prepare_model
-    from .train_opts import build_optimizer, enable_gradient_checkpointing, find_batch_size
+    from .train_opts import (
+        build_optimizer,
+        enable_gradient_checkpointing,
+        find_batch_size,
+        return_freed_memory_to_the_os,
+    )
 
     cfg.validate()
     out = Path(cfg.output)
     torch.manual_seed(cfg.seed)
+    if str(cfg.device).startswith("cpu"):
+        return_freed_memory_to_the_os()
     if model is None:
         model = AutoModel.from_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device)
     tok = model.tokenizer
@@ -612,12 +631,13 @@ def run_preference(cfg: PreferenceConfig, model: Any = None) -> dict[str, Any]:
         model.config.pad_token_id = pad  # the pooling rule reads it; the saved config carries it
     pad_for_pool = model.config.pad_token_id if cfg.trainer == "reward" else pad
 
-    head = None
-    if cfg.trainer == "reward":
-        head = RewardHead(model.config.hidden_size, init_std=model.config.initializer_range)
-        model.add_mixin("reward", head)
     base_params = trainable_parameters(model)[1]  # before quantize_ turns weights into buffers
     lora = prepare_model(cfg, model)
+    head = None
+    if cfg.trainer == "reward":  # after quantize_/LoRA: the head stays float and trainable
+        head = RewardHead(model.config.hidden_size, init_std=model.config.initializer_range)
+        model.add_mixin("reward", head)
+        base_params += sum(p.numel() for p in head.parameters())
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     objective = build_objective(cfg, model, pad_for_pool, lora)
@@ -651,7 +671,7 @@ def run_preference(cfg: PreferenceConfig, model: Any = None) -> dict[str, Any]:
     steps = cfg.max_steps or math.ceil(cfg.epochs * batches.batches_per_epoch / cfg.gradient_accumulation)
     warmup = math.ceil(cfg.warmup_ratio * steps)
     trainable = trainable_parameters(model)[0]
-    total = base_params + (trainable if lora is not None else 0)
+    total = base_params + (sum(p.numel() for p in lora.adapter_parameters()) if lora is not None else 0)
     opt = build_optimizer(cfg.optimizer, param_groups(model, weight_decay=cfg.weight_decay), cfg.lr)
     sched = make_sft_schedule(cfg.scheduler, cfg.lr, warmup, steps)
     eval_fn = valid_batches.one_epoch if valid_batches is not None else None

@@ -46,6 +46,29 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
     return n
 
 
+def return_freed_memory_to_the_os(threshold: int = 1 << 20) -> bool:
+    """glibc only: serve allocations >= `threshold` bytes with mmap, so freed tensors go back to
+    the OS at once. By default glibc raises its mmap threshold after each large free (up to
+    32 MB) and later serves such blocks from a heap it never shrinks; a training step's many
+    short-lived activation and logit tensors then fragment it, and the process's RSS ends up
+    near twice its live memory (SmolLM2 LoRA-DPO step: 2.0 GB peak vs 1.0 GB with this). Setting
+    the threshold explicitly switches the adjustment off (mallopt(M_MMAP_THRESHOLD)); the cost
+    is a page fault per fresh large block. Returns whether it was applied."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False  # not glibc (musl, ...)
+    M_MMAP_THRESHOLD = -3
+    return bool(mallopt(M_MMAP_THRESHOLD, int(threshold)))
+
+
 def disable_gradient_checkpointing(model: nn.Module) -> None:
     for blk in getattr(model, "layers", []):
         blk.__dict__.pop("forward", None)
