@@ -26,7 +26,7 @@ from .validate import check_model_args
 # Subcommand modules, in `swisslm --help` order. A module missing from the tree is skipped.
 COMMAND_MODULES = (
     "generate", "chat", "info", "convert", "embed", "quantize", "perplexity", "eval_choices",
-    "train", "prepare_data", "plot", "finetune", "merge", "classify", "serve", "bench",
+    "train", "prepare_data", "plot", "finetune", "merge", "adapters", "classify", "serve", "bench",
 )
 
 USER_ERRORS = (UsageError, ConfigError, CheckpointError, FileNotFoundError, IsADirectoryError,

@@ -75,6 +75,9 @@ class SFTConfig:
     overwrite: bool = False  # delete a previous run in `output` first
     progress: bool = True
     peak_flops: float | None = None  # for MFU; None = a known GPU's datasheet peak, else no MFU
+    # autotrain llm options shared with the preference trainers (finetune/train_opts.py)
+    optimizer: str = "adamw_torch"
+    gradient_checkpointing: bool = True
 
     def validate(self) -> None:
         def pos(name: str) -> None:
@@ -199,7 +202,7 @@ def _run_sft(cfg: SFTConfig, model: Any, rank: int, world: int, device: str) -> 
     from ..train import CheckpointManager, Trainer, TrainerConfig
     from ..train.distributed import apply_ddp
     from ..train.metrics import default_loggers
-    from ..train.optim import build_adamw, param_groups
+    from ..train.optim import param_groups
     from .peft_format import save_adapter
 
     out = Path(cfg.output)
@@ -209,7 +212,9 @@ def _run_sft(cfg: SFTConfig, model: Any, rank: int, world: int, device: str) -> 
     tok = model.tokenizer
     if tok is None:
         raise ValueError(f"{model.source}: the checkpoint has no tokenizer; SFT needs one")
-    template = Path(cfg.chat_template).read_text() if cfg.chat_template else None
+    from .pref_data import resolve_chat_template
+
+    template = resolve_chat_template(cfg.chat_template, tok)[1]
     train = load_sft_examples(cfg.data, tok, cfg.block_size, cfg.text_column, template)
     valid = load_sft_examples(cfg.valid_data, tok, cfg.block_size, cfg.text_column, template) \
         if cfg.valid_data else None
@@ -223,7 +228,11 @@ def _run_sft(cfg: SFTConfig, model: Any, rank: int, world: int, device: str) -> 
     trainable = trainable_parameters(model)[0]
     total = base_params + (trainable if lora is not None else 0)
     log.info("trainable parameters: %s / %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-    opt = build_adamw(param_groups(model, weight_decay=cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    from .train_opts import build_optimizer, enable_gradient_checkpointing
+
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    opt = build_optimizer(cfg.optimizer, param_groups(model, weight_decay=cfg.weight_decay), cfg.lr)
     sched = make_sft_schedule(cfg.scheduler, cfg.lr, warmup, steps)
     wrapped = apply_ddp(model, device) if world > 1 else model
     eval_fn = (lambda: SFTBatches(valid, cfg.batch_size, pad, shuffle=False, rank=rank,
