@@ -173,3 +173,13 @@ def test_auto_tokenizer_has_transformers_defaults(smol_pair, minilm_pair):
         theirs_mini.padding_side = "right"
     with pytest.warns(UserWarning, match="ignores \\['revision'\\]"):
         AutoTokenizer.from_pretrained(mini, revision="main")
+
+
+def test_tokenizer_deep_copies_with_a_fresh_call_lock():
+    import copy
+
+    smol, _ = _paths()
+    tok = read_gguf_tokenizer(open_gguf(smol))
+    twin = copy.deepcopy(tok)
+    assert twin._call_lock is not tok._call_lock
+    assert twin(["hi", "hello there"], padding=True) == tok(["hi", "hello there"], padding=True)

@@ -249,6 +249,16 @@ class Tokenizer:
         # The backend is switched into padding/truncation mode only inside `__call__`.
         self._call_lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # copy.deepcopy / pickle of a model carry its tokenizer; a lock is neither copied nor pickled
+        state = self.__dict__.copy()
+        del state["_call_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._call_lock = threading.Lock()
+
     # -- construction ------------------------------------------------------------------------
 
     @classmethod
