@@ -6,16 +6,19 @@ torch got imported there, which proves the order (no timing asserts: these are n
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from swisslm.cli import build_parser
 from swisslm.cli.validate import _looks_like_local_path, check_model_path
 
+ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "numpy", "transformers", "fastapi", "uvicorn", "gguf", "tokenizers", "safetensors")
 
 # Runs swisslm's main() on the argv lines given on stdin (one JSON list per line) and prints, per
@@ -176,6 +179,25 @@ def test_generate_output_is_complete_and_timings_are_reported(smollm2_path):
     t = json.loads(line.split(" ", 1)[1])
     assert set(t["phases"]) == {"import torch", "import swisslm", "load", "kernels", "generate"}
     assert t["total"] >= sum(t["phases"].values()) > 0
+    # bench/startup.py's table is built from exactly this line
+    spec = importlib.util.spec_from_file_location("bench_startup", ROOT / "bench" / "startup.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run = {"wall": t["total"] + 0.5, "before_main": 0.3, "main": t["total"], "phases": t["phases"], "after_main": 0.2}
+    rows = bench.breakdown(run, run, {"header": 0.1, "dequant": 0.2})
+    assert set(rows) == set(bench.ROWS) and rows["model load"] == t["phases"]["load"]
+    assert rows["rest of generation"] == 0.0 and rows["first token"] == t["phases"]["generate"]
+    parts = sum(v for k, v in rows.items() if not k.startswith("  ") and k != "total")
+    assert parts == pytest.approx(rows["total"])
+
+
+def test_package_names_resolve_lazily():
+    """`import swisslm` and its torch-free modules load no torch; the public names still work."""
+    code = ("import sys, swisslm, swisslm.config, swisslm.io.errors; assert 'torch' not in sys.modules; "
+            "from swisslm import *; import torch; assert AutoModel.__module__ == 'swisslm.api'; "
+            "assert set(swisslm.__all__) <= set(dir(swisslm)); print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "ok", proc.stderr
 
 
 def test_help_formatter_shows_defaults_even_without_help_text():
