@@ -170,11 +170,17 @@ def test_generate_output_is_complete_and_timings_are_reported(smollm2_path):
     import os
 
     env = {**os.environ, "SWISSLM_TIMINGS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "swisslm", "generate", "The capital of France is",
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "swisslm", "generate", "The capital of France is",
                            "--max-new-tokens", "3", "--threads", "1", "--json"],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["num_new_tokens"] == 3
+    imported = {ln.split("|")[-1].strip() for ln in proc.stderr.splitlines() if ln.startswith("import time:")}
+    unneeded = ("fastapi", "uvicorn", "transformers", "torch._dynamo", "swisslm.serve", "swisslm.train",
+                "swisslm.finetune", "swisslm.quant")
+    parser_only = {"swisslm.quant", "swisslm.quant.bench"}  # torch-free: `bench decode`'s options
+    assert not [m for m in imported if m.startswith(unneeded) and m not in parser_only], \
+        "generate imported what it never uses"
     (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("swisslm-timings ")]
     t = json.loads(line.split(" ", 1)[1])
     assert set(t["phases"]) == {"import torch", "import swisslm", "load", "kernels", "generate"}
