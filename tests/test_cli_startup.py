@@ -189,8 +189,12 @@ def test_generate_output_is_complete_and_timings_are_reported(smollm2_path):
     spec = importlib.util.spec_from_file_location("bench_startup", ROOT / "bench" / "startup.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    run = {"wall": t["total"] + 0.5, "before_main": 0.3, "main": t["total"], "phases": t["phases"], "after_main": 0.2}
-    rows = bench.breakdown(run, run, {"header": 0.1, "dequant": 0.2})
+    assert set(t["cpu"]) == set(t["phases"]) and t["cpu_before_main"] > 0
+    run = {"wall": t["total"] + 0.5, "before_main": 0.3, "main": t["total"], "phases": t["phases"], "after_main": 0.2,
+           "cpu": t["cpu"], "cpu_before_main": t["cpu_before_main"], "cpu_total": 9.0}
+    split = {"header": 0.1, "dequant": 0.2, "cpu": {"header": 0.1, "dequant": 0.2}}
+    assert bench.breakdown_cpu(run, run, split)["model load"] == t["cpu"]["load"]
+    rows = bench.breakdown(run, run, split)
     assert set(rows) == set(bench.ROWS) and rows["model load"] == t["phases"]["load"]
     assert rows["rest of generation"] == 0.0 and rows["first token"] == t["phases"]["generate"]
     parts = sum(v for k, v in rows.items() if not k.startswith("  ") and k != "total")
