@@ -12,7 +12,8 @@ around the subprocess. Phases:
     import swisslm         api / core / generation modules
     model load             AutoModel.from_pretrained: GGUF header + tokenizer, dequantization
                            to fp32, name mapping, building the model
-      of which header, dequant   the same steps timed alone in a side process (for the split)
+      of which header,   the same steps timed alone in a side process (dequantize includes
+      dequantize         the q/k row un-permute of iter_gguf_tensors)
     kernels                building (cold: a C compile) or loading the CPU decode kernels
     first token            prefill + one decode step (a run with --max-new-tokens 1)
     rest of generation     the remaining tokens
@@ -42,7 +43,7 @@ from typing import Any
 
 PROMPT = "The capital of France is"
 ROWS = ("python + swisslm.cli", "import torch", "import swisslm", "model load", "  of which GGUF header",
-        "  of which dequant", "kernels", "first token", "rest of generation", "parse, checks, output",
+        "  of which dequantize", "kernels", "first token", "rest of generation", "parse, checks, output",
         "interpreter exit", "total")
 
 # Times the two load steps that dominate a GGUF load, alone, in a fresh process (prints JSON).
@@ -114,7 +115,7 @@ def breakdown(full: dict[str, Any], one: dict[str, Any], split: dict[str, Any]) 
         "import swisslm": p.get("import swisslm", 0.0),
         "model load": p.get("load", 0.0),
         "  of which GGUF header": split["header"],
-        "  of which dequant": split["dequant"],
+        "  of which dequantize": split["dequant"],
         "kernels": p.get("kernels", 0.0),
         "first token": first,
         "rest of generation": max(p.get("generate", 0.0) - first, 0.0),
@@ -135,7 +136,7 @@ def breakdown_cpu(full: dict[str, Any], one: dict[str, Any], split: dict[str, An
         "import swisslm": c.get("import swisslm", 0.0),
         "model load": c.get("load", 0.0),
         "  of which GGUF header": split["cpu"]["header"],
-        "  of which dequant": split["cpu"]["dequant"],
+        "  of which dequantize": split["cpu"]["dequant"],
         "kernels": c.get("kernels", 0.0),  # the C compiler runs in a child process: not counted here
         "first token": first,
         "rest of generation": max(c.get("generate", 0.0) - first, 0.0),
