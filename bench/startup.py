@@ -12,7 +12,8 @@ around the subprocess. Phases:
     import swisslm         api / core / generation modules
     model load             AutoModel.from_pretrained: GGUF header + tokenizer, dequantization
                            to fp32, name mapping, building the model
-      of which header, dequant   the same steps timed alone in a side process (for the split)
+      of which header,   the same steps timed alone in a side process (dequantize includes
+      dequantize         the q/k row un-permute of iter_gguf_tensors)
     kernels                building (cold: a C compile) or loading the CPU decode kernels
     first token            prefill + one decode step (a run with --max-new-tokens 1)
     rest of generation     the remaining tokens
@@ -31,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -41,7 +43,7 @@ from typing import Any
 
 PROMPT = "The capital of France is"
 ROWS = ("python + swisslm.cli", "import torch", "import swisslm", "model load", "  of which GGUF header",
-        "  of which dequant", "kernels", "first token", "rest of generation", "parse, checks, output",
+        "  of which dequantize", "kernels", "first token", "rest of generation", "parse, checks, output",
         "interpreter exit", "total")
 
 # Times the two load steps that dominate a GGUF load, alone, in a fresh process (prints JSON).
@@ -51,13 +53,13 @@ import torch
 torch.set_num_threads(int(sys.argv[1]))
 from swisslm.io.embedded import default_model_path
 from swisslm.io.gguf import iter_gguf_tensors, open_gguf
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 reader = open_gguf(default_model_path())
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 for _ in iter_gguf_tensors(reader):
     pass
-t2 = time.perf_counter()
-print(json.dumps({"header": t1 - t0, "dequant": t2 - t1}))
+t2, c2 = time.perf_counter(), time.process_time()
+print(json.dumps({"header": t1 - t0, "dequant": t2 - t1, "cpu": {"header": c1 - c0, "dequant": c2 - c1}}))
 """
 
 
@@ -80,7 +82,9 @@ def run_cli(threads: int, max_new_tokens: int, cache: Path) -> dict[str, Any]:
            "--max-new-tokens", str(max_new_tokens)]
     launch = time.time()
     t = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = time.perf_counter() - t
     end = time.time()
     if proc.returncode:
@@ -90,16 +94,18 @@ def run_cli(threads: int, max_new_tokens: int, cache: Path) -> dict[str, Any]:
         raise SystemExit("swisslm printed no timings line (is this swisslm's own checkout on PYTHONPATH?)")
     t = json.loads(line.split(" ", 1)[1])
     return {"wall": wall, "before_main": t["main_unix"] - launch, "main": t["total"], "phases": t["phases"],
-            "after_main": end - t["main_unix"] - t["total"], "text": proc.stdout.strip()}
+            "after_main": end - t["main_unix"] - t["total"], "text": proc.stdout.strip(),
+            "cpu": t["cpu"], "cpu_before_main": t["cpu_before_main"],
+            "cpu_total": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)}
 
 
-def load_split(threads: int) -> dict[str, float]:
+def load_split(threads: int) -> dict[str, Any]:
     out = subprocess.run([sys.executable, "-c", LOAD_SPLIT, str(threads)], capture_output=True, text=True,
                          check=True)
     return json.loads(out.stdout)
 
 
-def breakdown(full: dict[str, Any], one: dict[str, Any], split: dict[str, float]) -> dict[str, float]:
+def breakdown(full: dict[str, Any], one: dict[str, Any], split: dict[str, Any]) -> dict[str, float]:
     """Table rows from a full run, a one-token run (first-token time) and the load split."""
     p = full["phases"]
     first = one["phases"].get("generate", 0.0)
@@ -109,7 +115,7 @@ def breakdown(full: dict[str, Any], one: dict[str, Any], split: dict[str, float]
         "import swisslm": p.get("import swisslm", 0.0),
         "model load": p.get("load", 0.0),
         "  of which GGUF header": split["header"],
-        "  of which dequant": split["dequant"],
+        "  of which dequantize": split["dequant"],
         "kernels": p.get("kernels", 0.0),
         "first token": first,
         "rest of generation": max(p.get("generate", 0.0) - first, 0.0),
@@ -118,6 +124,26 @@ def breakdown(full: dict[str, Any], one: dict[str, Any], split: dict[str, float]
         "total": full["wall"],
     }
     return rows
+
+
+def breakdown_cpu(full: dict[str, Any], one: dict[str, Any], split: dict[str, Any]) -> dict[str, float | None]:
+    """The same rows in CPU seconds (all threads); None where a row has no CPU figure."""
+    c = full["cpu"]
+    first = one["cpu"].get("generate", 0.0)
+    return {
+        "python + swisslm.cli": full["cpu_before_main"],
+        "import torch": c.get("import torch", 0.0),
+        "import swisslm": c.get("import swisslm", 0.0),
+        "model load": c.get("load", 0.0),
+        "  of which GGUF header": split["cpu"]["header"],
+        "  of which dequantize": split["cpu"]["dequant"],
+        "kernels": c.get("kernels", 0.0),  # the C compiler runs in a child process: not counted here
+        "first token": first,
+        "rest of generation": max(c.get("generate", 0.0) - first, 0.0),
+        "parse, checks, output": None,
+        "interpreter exit": None,
+        "total": full["cpu_total"],
+    }
 
 
 def cpu_model() -> str:
@@ -130,10 +156,12 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def format_table(cold: dict[str, float], warm: dict[str, float], warm_min: dict[str, float]) -> str:
-    out = [f"{'phase':<24}{'cold s':>9}{'warm s':>9}{'warm min':>10}", "-" * 52]
+def format_table(cold: dict[str, float], warm: dict[str, float], warm_min: dict[str, float],
+                 warm_cpu: dict[str, float | None]) -> str:
+    out = [f"{'phase':<24}{'cold s':>9}{'warm s':>9}{'warm min':>10}{'warm CPU s':>12}", "-" * 64]
     for k in ROWS:
-        out.append(f"{k:<24}{cold[k]:>9.2f}{warm[k]:>9.2f}{warm_min[k]:>10.2f}")
+        cpu = "-" if warm_cpu[k] is None else f"{warm_cpu[k]:.2f}"
+        out.append(f"{k:<24}{cold[k]:>9.2f}{warm[k]:>9.2f}{warm_min[k]:>10.2f}{cpu:>12}")
     return "\n".join(out)
 
 
@@ -161,20 +189,23 @@ def main(argv: list[str] | None = None) -> int:
     warm_rows = [breakdown(f, o, split) for f, o in zip(warm_full, warm_one)]
     warm = {k: statistics.median(r[k] for r in warm_rows) for k in ROWS}
     warm_min = {k: min(r[k] for r in warm_rows) for k in ROWS}
+    cpu_rows = [breakdown_cpu(f, o, split) for f, o in zip(warm_full, warm_one)]
+    warm_cpu = {k: None if cpu_rows[0][k] is None else statistics.median(r[k] for r in cpu_rows) for k in ROWS}
     info = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads, "runs": args.runs,
             "max_new_tokens": args.max_new_tokens, "page_cache": page_cache,
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()], "python": platform.python_version(),
             "output": cold_full["text"][:80]}
     if args.json:
-        print(json.dumps({**info, "cold": cold, "warm_median": warm, "warm_min": warm_min}, indent=2))
+        print(json.dumps({**info, "cold": cold, "warm_median": warm, "warm_min": warm_min, "warm_cpu_median": warm_cpu},
+                         indent=2))
         return 0
     print(f"swisslm generate {PROMPT!r} --threads {args.threads} --max-new-tokens {args.max_new_tokens}")
     print(f"CPU {info['cpu']} ({info['cores']} logical cores), Python {info['python']}, "
           f"load average {info['loadavg_before']} -> {info['loadavg_after']}, OS page cache {page_cache}")
-    print(format_table(cold, warm, warm_min))
+    print(format_table(cold, warm, warm_min, warm_cpu))
     print(f"(warm: median and min of {args.runs} runs; header/dequant timed alone in a side process; "
-          f"first token from --max-new-tokens 1 runs)")
+          f"first token from --max-new-tokens 1 runs; CPU s: all threads, less load-dependent than wall)")
     return 0
 
 

@@ -6,10 +6,12 @@ torch got imported there, which proves the order (no timing asserts: these are n
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +19,7 @@ from swisslm.cli import build_parser
 from swisslm.cli.common import UsageError
 from swisslm.cli.validate import check_model_path
 
+ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "numpy", "transformers", "fastapi", "uvicorn", "gguf", "tokenizers", "safetensors")
 
 # Runs swisslm's main() on the argv lines given on stdin (one JSON list per line) and prints, per
@@ -176,15 +179,44 @@ def test_generate_output_is_complete_and_timings_are_reported(smollm2_path):
     import os
 
     env = {**os.environ, "SWISSLM_TIMINGS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "swisslm", "generate", "The capital of France is",
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "swisslm", "generate", "The capital of France is",
                            "--max-new-tokens", "3", "--threads", "1", "--json"],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["num_new_tokens"] == 3
+    imported = {ln.split("|")[-1].strip() for ln in proc.stderr.splitlines() if ln.startswith("import time:")}
+    unneeded = ("fastapi", "uvicorn", "transformers", "torch._dynamo", "swisslm.serve", "swisslm.train",
+                "swisslm.finetune", "swisslm.quant")
+    parser_only = {"swisslm.quant", "swisslm.quant.bench"}  # torch-free: `bench decode`'s options
+    assert not [m for m in imported if m.startswith(unneeded) and m not in parser_only], \
+        "generate imported what it never uses"
     (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("swisslm-timings ")]
     t = json.loads(line.split(" ", 1)[1])
     assert set(t["phases"]) == {"import torch", "import swisslm", "load", "kernels", "generate"}
     assert t["total"] >= sum(t["phases"].values()) > 0
+    # bench/startup.py's table is built from exactly this line
+    spec = importlib.util.spec_from_file_location("bench_startup", ROOT / "bench" / "startup.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert set(t["cpu"]) == set(t["phases"]) and t["cpu_before_main"] > 0
+    run = {"wall": t["total"] + 0.5, "before_main": 0.3, "main": t["total"], "phases": t["phases"], "after_main": 0.2,
+           "cpu": t["cpu"], "cpu_before_main": t["cpu_before_main"], "cpu_total": 9.0}
+    split = {"header": 0.1, "dequant": 0.2, "cpu": {"header": 0.1, "dequant": 0.2}}
+    assert bench.breakdown_cpu(run, run, split)["model load"] == t["cpu"]["load"]
+    rows = bench.breakdown(run, run, split)
+    assert set(rows) == set(bench.ROWS) and rows["model load"] == t["phases"]["load"]
+    assert rows["rest of generation"] == 0.0 and rows["first token"] == t["phases"]["generate"]
+    parts = sum(v for k, v in rows.items() if not k.startswith("  ") and k != "total")
+    assert parts == pytest.approx(rows["total"])
+
+
+def test_package_names_resolve_lazily():
+    """`import swisslm` and its torch-free modules load no torch; the public names still work."""
+    code = ("import sys, swisslm, swisslm.config, swisslm.io.errors; assert 'torch' not in sys.modules; "
+            "from swisslm import *; import torch; assert AutoModel.__module__ == 'swisslm.api'; "
+            "assert set(swisslm.__all__) <= set(dir(swisslm)); print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "ok", proc.stderr
 
 
 def test_help_formatter_shows_defaults_even_without_help_text():

@@ -1,10 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """Where a command's time goes: `SWISSLM_TIMINGS=1 swisslm generate ...` prints one line to stderr,
 
-    swisslm-timings {"main_unix": ..., "phases": {"import torch": 1.21, "load": 0.62, ...}, "total": 2.4}
+    swisslm-timings {"main_unix": ..., "phases": {"import torch": 1.21, "load": 0.62, ...}, "total": 2.4,
+                     "cpu": {"import torch": 1.18, ...}, "cpu_before_main": 0.11}
 
-with each phase in seconds (`total`: main() entered to exit; `main_unix`: wall clock at entry, so a
-caller that noted when it started the process gets the interpreter start-up as the difference).
+with each phase in wall seconds (`total`: main() entered to exit; `main_unix`: wall clock at entry,
+so a caller that noted when it started the process gets the interpreter start-up as the
+difference). `cpu` is the process's CPU seconds (all threads) per phase: on a shared machine it
+moves much less with the load than wall time does.
 bench/startup.py reads it. Off (the default) a phase costs one branch. Standard library only.
 """
 
@@ -19,15 +22,18 @@ from contextlib import contextmanager
 
 ENABLED = os.environ.get("SWISSLM_TIMINGS", "") not in ("", "0")
 _phases: dict[str, float] = {}
+_cpu: dict[str, float] = {}
 _start = time.perf_counter()
 _start_unix = time.time()
+_start_cpu = time.process_time()
 
 
 def start() -> None:
     """Mark main()'s entry: `total` and `main_unix` count from here."""
-    global _start, _start_unix
-    _start, _start_unix = time.perf_counter(), time.time()
+    global _start, _start_unix, _start_cpu
+    _start, _start_unix, _start_cpu = time.perf_counter(), time.time(), time.process_time()
     _phases.clear()
+    _cpu.clear()
 
 
 @contextmanager
@@ -36,17 +42,19 @@ def phase(name: str) -> Iterator[None]:
     if not ENABLED:
         yield
         return
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
         _phases[name] = _phases.get(name, 0.0) + time.perf_counter() - t
+        _cpu[name] = _cpu.get(name, 0.0) + time.process_time() - c
 
 
 def report() -> None:
     if not ENABLED:
         return
     out = {"main_unix": _start_unix, "phases": {k: round(v, 4) for k, v in _phases.items()},
-           "total": round(time.perf_counter() - _start, 4)}
+           "total": round(time.perf_counter() - _start, 4),
+           "cpu": {k: round(v, 4) for k, v in _cpu.items()}, "cpu_before_main": round(_start_cpu, 4)}
     sys.stderr.write(f"swisslm-timings {json.dumps(out)}\n")
     sys.stderr.flush()
