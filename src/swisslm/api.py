@@ -16,10 +16,17 @@ import torch
 
 from .config import ModelConfig
 from .core.backbone import Transformer
-from .generation import GenerationConfig, GenerationResult, LoglikelihoodResult, TextStream, loglikelihood, stream
+from .generation.config import GenerationConfig, GenerationResult
 from .generation.generate import run as run_generation
+from .generation.params import SamplingParams
+from .generation.rows import resolve_eos
+from .generation.scoring import LoglikelihoodResult, loglikelihood
+from .generation.streaming import TextStream, stream
 from .io.embedded import default_model_path
 from .io.loader import build_on_meta, load_model, materialize_buffers, parse_dtype, save_hf
+
+# GenerationConfig's own fields besides the rows' params: allowed next to sampling=
+_BATCH_KEYWORDS = frozenset(f.name for f in dataclasses.fields(GenerationConfig)) - {"params"}
 
 
 class Model(Transformer):
@@ -33,23 +40,25 @@ class Model(Transformer):
         max_new_tokens: int = 32,
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
+        sampling: SamplingParams | None = None,
         **kwargs: Any,
     ) -> GenerationConfig:
         """A GenerationConfig with this checkpoint's EOS ids (tokenizer's stop ids, else the
-        config's) and pad id filled in; kwargs are GenerationConfig fields."""
-        if eos_token_id is None:
-            eos = list(getattr(self.tokenizer, "eos_token_ids", None) or []) or self.config.eos_ids
-        else:
-            eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        config's) and pad id filled in. The rows' sampling comes from `sampling` (a
+        SamplingParams, as the CLI and the server build it) or from HF's keywords in kwargs
+        (do_sample, temperature, top_k, ...); other kwargs are GenerationConfig's batch fields."""
+        eos = resolve_eos(self.tokenizer, self.config) if eos_token_id is None else eos_token_id
         if pad_token_id is None:
             pad_token_id = self.config.pad_token_id
         if kwargs.get("stop") is None:
             kwargs.pop("stop", None)
-        unknown = set(kwargs) - {f.name for f in dataclasses.fields(GenerationConfig)}
-        if unknown:
-            raise TypeError(f"generate() got unexpected keyword arguments: {sorted(unknown)}")
-        return GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad_token_id,
-                                **kwargs)
+        if sampling is None:
+            return GenerationConfig.from_hf(max_new_tokens=max_new_tokens, eos_token_id=eos,
+                                            pad_token_id=pad_token_id, **kwargs)
+        given = set(kwargs) - _BATCH_KEYWORDS
+        if given:
+            raise TypeError(f"pass either sampling= or sampling keywords, not both: got {sorted(given)}")
+        return GenerationConfig(sampling, eos_token_id=eos, pad_token_id=pad_token_id, **kwargs)
 
     @torch.no_grad()
     def generate(
@@ -69,6 +78,7 @@ class Model(Transformer):
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
         return_dict_in_generate: bool = False,
+        sampling: SamplingParams | None = None,
         **kwargs: Any,
     ) -> torch.Tensor | GenerationResult:
         """HF-like: returns (B * num_return_sequences, T + new) token ids; with
@@ -76,12 +86,20 @@ class Model(Transformer):
         beam `sequences_scores`). Other kwargs are GenerationConfig fields: length_penalty,
         early_stopping, num_return_sequences, no_repeat_ngram_size, logprobs, top_logprobs,
         prompt_logprobs. Stop strings end a row once its decoded text contains one; the ids
-        then include the token that completed it, the result's texts stop before it."""
-        cfg = self.generation_config(
-            max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-            do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-            repetition_penalty=repetition_penalty, num_beams=num_beams, seed=seed, stop=stop, **kwargs)
-        if (cfg.logprobs or cfg.prompt_logprobs) and not return_dict_in_generate:
+        then include the token that completed it, the result's texts stop before it.
+
+        `sampling`: a SamplingParams record instead of the HF sampling keywords (the CLI and the
+        server build one); then only batch keywords (num_beams, num_return_sequences, ...) may
+        be given besides it."""
+        if sampling is not None:
+            cfg = self.generation_config(eos_token_id=eos_token_id, pad_token_id=pad_token_id, sampling=sampling,
+                                         num_beams=num_beams, **kwargs)
+        else:
+            cfg = self.generation_config(
+                max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                repetition_penalty=repetition_penalty, num_beams=num_beams, seed=seed, stop=stop, **kwargs)
+        if (cfg.params.logprobs is not None or cfg.prompt_logprobs is not None) and not return_dict_in_generate:
             raise ValueError("logprobs come in the GenerationResult: pass return_dict_in_generate=True")
         res = run_generation(self, input_ids, attention_mask, cfg, self.tokenizer)
         return res if return_dict_in_generate else res.sequences
