@@ -22,8 +22,9 @@ from .generation.params import SamplingParams
 from .generation.rows import resolve_eos
 from .generation.scoring import LoglikelihoodResult, loglikelihood
 from .generation.streaming import TextStream, stream
+from .io.build import new_model
 from .io.embedded import default_model_path
-from .io.loader import build_on_meta, load_model, materialize_buffers, parse_dtype, save_hf
+from .io.loader import load_model, parse_dtype, save_hf
 
 # GenerationConfig's own fields besides the rows' params: allowed next to sampling=
 _BATCH_KEYWORDS = frozenset(f.name for f in dataclasses.fields(GenerationConfig)) - {"params"}
@@ -168,10 +169,4 @@ class AutoModel:
     def from_config(cfg: ModelConfig, dtype: str | torch.dtype = "float32", device: str = "cpu",
                     seed: int | None = None) -> Model:
         """A randomly initialised model (for training from scratch and tests)."""
-        model = build_on_meta(cfg, Model)
-        model.to_empty(device=device)
-        materialize_buffers(model, device)
-        if seed is not None:
-            torch.manual_seed(seed)
-        model.init_weights()
-        return model.to(parse_dtype(dtype))
+        return new_model(cfg, Model, parse_dtype(dtype), device, seed)
