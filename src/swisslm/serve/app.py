@@ -32,8 +32,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..generation.params import SamplingParams
 from .auth import APIKeyMiddleware
-from .engine import Engine, EngineStoppedError, QueueFullError, SamplingParams, Sequence, TokenEvent
+from .engine import Engine, EngineStoppedError, QueueFullError, Sequence, TokenEvent
 from .errors import APIError, BodyLimitMiddleware, MetricsMiddleware, error_json, error_payload
 from .metrics import Metrics
 from .schemas import (
