@@ -40,10 +40,24 @@ def test_prepare_text_and_jsonl(tmp_path, tok_setup):
     # the CLI with 2 worker processes writes the same bytes (output order = input order)
     txt = tmp_path / "docs.txt"
     txt.write_text("\n".join(lines) + "\n")
-    r = run_swisslm("prepare-data", str(txt), str(tmp_path / "cli"), "--tokenizer", str(tok_dir),
-                    "--split-lines", "--workers", "2", "--json", "--no-progress")
+    # (options among the positionals, as a user types them; stderr is a pipe: no progress bar)
+    r = run_swisslm("prepare-data", str(txt), "--split-lines", str(tmp_path / "cli"), "--tokenizer", str(tok_dir),
+                    "--workers", "2", "--json")
     assert json.loads(r.stdout)["num_tokens"] == len(expected)
+    assert r.stderr == ""
     assert (tmp_path / "cli" / "tokens.bin").read_bytes() == (tmp_path / "out" / "tokens.bin").read_bytes()
+
+
+def test_prepare_data_options_anywhere_among_the_files():
+    from swisslm.cli import build_parser
+
+    parse = build_parser().parse_args
+    for argv in (["a.txt", "b.jsonl", "out", "--split-lines", "-q"], ["a.txt", "--split-lines", "b.jsonl", "-q", "out"],
+                 ["--split-lines", "a.txt", "b.jsonl", "--quiet", "out"]):
+        args = parse(["prepare-data", *argv])
+        assert args.inputs == ["a.txt", "b.jsonl", "out"] and args.split_lines and args.quiet, argv
+    args = parse(["prepare-data", "a.txt", "--text-key", "body", "out"])
+    assert args.inputs == ["a.txt", "out"] and args.text_key == "body" and not args.split_lines
 
 
 def test_prepare_errors(tmp_path, tok_setup, capsys):

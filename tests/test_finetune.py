@@ -152,3 +152,91 @@ def test_finetune_cli_qlora_int8(tok, tmp_path):
     s = json.loads((out / "finetune_summary.json").read_text())
     assert s["steps"] == 2 and 0 < s["trainable_parameters"] < s["total_parameters"]
     assert json.loads((out / "adapter_config.json").read_text())["target_modules"]
+
+
+def _toy_sft_data(path, n=12):
+    rows = [{"text": f"The number {i} is {'even' if i % 2 == 0 else 'odd'}."} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_finetune_refuses_a_previous_run_unless_resume_or_overwrite(tok, tmp_path, capsys):
+    from swisslm.cli import main
+    from swisslm.train.metrics import read_metrics
+
+    base = _tiny_with_tokenizer(tok, tmp_path / "base")
+    data = _toy_sft_data(tmp_path / "train.jsonl")
+    out = tmp_path / "out"
+    args = ["finetune", "--model", str(base), "--data", str(data), "--peft", "--lora-r", "2", "--batch-size", "4",
+            "--gradient-accumulation", "1", "--block-size", "32", "--quiet", "--threads", "1", "--output", str(out)]
+    assert main(args + ["--max-steps", "2", "--save-steps", "1", "--merge-adapter"]) == 0
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"step-00000001", "step-00000002"}
+    capsys.readouterr()
+    # a second run into the same folder: one line, nothing touched
+    assert main(args + ["--max-steps", "1"]) == 2
+    assert "not empty" in _one_error_line(capsys) and (out / "merged").is_dir()
+    assert main(args + ["--max-steps", "1", "--resume", "--overwrite"]) == 2
+    assert "pick one" in _one_error_line(capsys)
+    assert main(args[:-1] + [str(tmp_path / "fresh"), "--resume"]) == 2
+    assert "no checkpoint under" in _one_error_line(capsys)
+    # --overwrite: the old run's checkpoints, metrics rows and merged model are gone
+    assert main(args + ["--max-steps", "1", "--overwrite"]) == 0
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"step-00000001"}
+    assert [int(r["step"]) for r in read_metrics(out)] == [1]
+    assert not (out / "merged").exists() and (out / "adapter_model.safetensors").is_file()
+    # --resume continues it
+    assert main(args + ["--max-steps", "2", "--resume"]) == 0
+    assert [int(r["step"]) for r in read_metrics(out)] == [1, 2]
+    # --overwrite never wipes a folder that holds something other than a run
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(args[:-1] + [str(other), "--max-steps", "1", "--overwrite"]) == 2
+    assert "no previous run" in _one_error_line(capsys) and (other / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.timeout(600)
+def test_finetune_under_torchrun_is_ddp_and_matches_one_process(tok, tmp_path):
+    """2 gloo ranks with batch 2 = 1 process accumulating 2 micro-batches of 2: same losses, same
+    adapter; one metrics.csv, one summary line (rank 0 writes and prints)."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+    from train_helpers import subprocess_env
+
+    from swisslm.train.metrics import read_metrics
+
+    base = _tiny_with_tokenizer(tok, tmp_path / "base")
+    data = _toy_sft_data(tmp_path / "train.jsonl", n=8)  # 8 = 2 ranks x 2 batches x 2: epochs align
+    valid = _toy_sft_data(tmp_path / "valid.jsonl", n=5)  # 3 + 2 rows: uneven eval shards
+    args = ["finetune", "--model", str(base), "--data", str(data), "--valid-data", str(valid), "--peft",
+            "--lora-r", "2", "--lora-dropout", "0", "--lr", "1e-2", "--batch-size", "2", "--block-size", "32",
+            "--max-steps", "3", "--warmup-ratio", "0", "--scheduler", "constant", "--threads", "1", "--json"]
+    env = subprocess_env()
+    one = subprocess.run([sys.executable, "-m", "swisslm", *args, "--gradient-accumulation", "2",
+                          "--output", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "swisslm", *args, "--gradient-accumulation", "1", "--output", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=400)
+    assert two.returncode == 0, two.stderr[-4000:]
+    s1, s2 = json.loads(one.stdout), json.loads(two.stdout)  # exactly one JSON line: rank 0's
+    assert s2["world_size"] == 2 and s2["steps"] == 3  # (tokens_seen differs: it counts padding)
+    m1, m2 = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert s2["eval_loss"] == pytest.approx(s1["eval_loss"], rel=1e-5)
+    assert [int(r["step"]) for r in m2] == [1, 2, 3]
+    assert [r["loss"] for r in m2] == pytest.approx([r["loss"] for r in m1], rel=1e-5)
+    a = load_file(str(tmp_path / "one" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)

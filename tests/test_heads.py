@@ -113,3 +113,90 @@ def test_mixins_compose_and_removing_lora_keeps_base_frozen_under_head():
         n for n, _ in model.named_parameters() if n.startswith("mixins.cls.")}
     model.del_mixin("cls")
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_classify_predict_end_to_end_with_lora(tmp_path, capsys):
+    """Train a head + LoRA on a separable toy set, then `classify --predict` the rows: labels and
+    probabilities equal the rebuilt model's (base + head + adapter) and the training accuracy."""
+    from safetensors.torch import load_file
+    from train_helpers import make_corpus, make_tokenizer
+
+    from swisslm.cli import main
+    from swisslm.finetune import load_adapter
+    from swisslm.io.tokenizer import Tokenizer
+
+    base = make_tokenizer(tmp_path / "base", make_corpus(tmp_path / "corpus.txt", 100))  # a 200-token BPE
+    tok = Tokenizer.from_folder(base)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      intermediate_size=48, eos_token_id=tok.eos_token_id)
+    swisslm.AutoModel.from_config(cfg, seed=0).save_pretrained(base)
+    rows = [{"text": f"the {a} cat sat and it was {w}", "label": w} for a in ("big", "small", "red", "blue")
+            for w in ("happy", "sad")] * 2
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    assert main(["classify", "--model", str(base), "--data", str(data), "--peft", "--lora-r", "2",
+                 "--head-hidden", "0", "--dropout", "0", "--lr", "2e-2", "--max-steps", "30", "--batch-size", "8",
+                 "--output", str(run), "--quiet", "--json", "--threads", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["train_accuracy"] >= 0.9
+    preds_file = tmp_path / "pred.jsonl"
+    assert main(["classify", "--predict", str(data), "--model", str(run), "--predict-out", str(preds_file),
+                 "--batch-size", "8", "--threads", "1"]) == 0
+    assert capsys.readouterr().err.startswith("accuracy ")  # the rows carry labels
+    preds = [json.loads(line) for line in preds_file.read_text().splitlines()]
+    assert len(preds) == len(rows)
+    assert sum(p["label"] == r["label"] for p, r in zip(preds, rows)) / len(rows) == summary["train_accuracy"]
+    # the reference: base + the saved head + the saved adapter, one row at a time (no padding)
+    ref = swisslm.AutoModel.from_pretrained(base)
+    head = ClassificationHeadMixin(32, 2, hidden_sizes=(), pooling="last")
+    head.load_state_dict(load_file(str(run / "classifier_head.safetensors")))
+    ref.add_mixin("cls", head)
+    no_lora = []
+    with torch.no_grad():
+        for r in rows[:4]:
+            no_lora.append(head.classify(ref, torch.tensor([tok.encode(r["text"])])).softmax(-1)[0])
+        load_adapter(ref, run)
+        for r, p, plain in zip(rows[:4], preds, no_lora):
+            probs = head.classify(ref, torch.tensor([tok.encode(r["text"])])).softmax(-1)[0]
+            got = torch.tensor([p["probabilities"]["happy"], p["probabilities"]["sad"]])  # labels sorted
+            torch.testing.assert_close(got, probs, atol=1e-5, rtol=1e-4)
+            assert p["label"] == ("happy", "sad")[int(probs.argmax())]
+            assert p["score"] == pytest.approx(float(probs.max()))
+            assert not torch.allclose(plain, probs, atol=1e-6)  # the adapter was applied
+    # stdout by default; bad input is one line, exit 2, before any model loads
+    assert main(["classify", "--predict", str(data), "--model", str(run), "--threads", "1"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len(rows)
+    for argv, needle in ((["--predict", str(data)], "needs --model RUN_DIR"),
+                         (["--predict", str(data), "--model", str(base)], "not a classify output folder"),
+                         (["--predict", str(tmp_path / "nope.jsonl"), "--model", str(run)], "no such file"),
+                         (["--model", str(base)], "--data is required")):
+        assert main(["classify", *argv]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_classify_full_finetune_saves_its_backbone_for_predict(tmp_path, capsys):
+    from train_helpers import make_corpus, make_tokenizer
+
+    from swisslm.cli import main
+    from swisslm.io.tokenizer import Tokenizer
+
+    base = make_tokenizer(tmp_path / "base", make_corpus(tmp_path / "corpus.txt", 100))
+    cfg = ModelConfig(vocab_size=Tokenizer.from_folder(base).vocab_size, hidden_size=32, num_layers=2, num_heads=4,
+                      intermediate_size=48)
+    swisslm.AutoModel.from_config(cfg, seed=0).save_pretrained(base)
+    rows = [{"text": f"the {a} dog ran", "label": i % 2} for i, a in enumerate(("big", "small", "red", "blue"))]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    assert main(["classify", "--model", str(base), "--data", str(data), "--full-finetune", "--max-steps", "3",
+                 "--batch-size", "4", "--output", str(run), "--quiet", "--json", "--threads", "1"]) == 0
+    train_acc = json.loads(capsys.readouterr().out)["train_accuracy"]
+    saved = json.loads((run / "classifier_config.json").read_text())
+    assert saved["base_model"] == str((run / "model").resolve()) and (run / "model" / "config.json").is_file()
+    assert main(["classify", "--predict", str(data), "--model", str(run), "--batch-size", "4", "--threads", "1"]) == 0
+    preds = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [p["label"] in (0, 1) for p in preds] == [True] * 4
+    assert sum(p["label"] == r["label"] for p, r in zip(preds, rows)) / 4 == train_acc
+    assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-5 for p in preds)

@@ -23,7 +23,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Lowest first; a module may import its own layer and the layers below it. The name is the first
 # part under swisslm ("swisslm" itself = the package's __init__).
 LAYERS: list[set[str]] = [
-    {"config", "errors"},  # ModelConfig and CheckpointError: plain data
+    {"config", "errors", "progress"},  # ModelConfig, CheckpointError, progress bars: leaves
     {"core"},  # the backbone: plain torch
     {"kernels", "mixins"},  # the CPU backend pass and the slot behaviours, both over core
     {"families"},  # config adapters + weight maps (HF and GGUF names) per family
@@ -32,7 +32,7 @@ LAYERS: list[set[str]] = [
     {"generation"},  # the row pipeline, decode loops, scoring
     {"train", "finetune"},  # training loops, data, adapters
     {"serve"},  # HTTP server over a loaded model
-    {"api", "swisslm"},  # the facade: Model, AutoModel
+    {"api", "auto", "swisslm"},  # the facade: Model, AutoModel, AutoTokenizer
     {"cli", "__main__"},  # the `swisslm` command
 ]
 

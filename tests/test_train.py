@@ -34,7 +34,8 @@ def test_loss_decreases_on_generated_corpus(tmp_path):
     first, last = rows[0]["loss"], sum(r["loss"] for r in rows[-5:]) / 5
     assert first == pytest.approx(torch.log(torch.tensor(200.0)).item(), abs=0.5)  # ~uniform at init
     assert last < first - 2.0, (first, last)
-    assert all(k in rows[-1] for k in ("lr", "grad_norm", "tokens_per_s", "mfu", "tokens"))
+    assert all(k in rows[-1] for k in ("lr", "grad_norm", "tokens_per_s", "tokens"))
+    assert "mfu" not in rows[-1]  # a CPU has no known peak FLOP/s (see test_mfu_only_against_a_known_peak)
     assert rows[-1]["tokens"] == 40 * 4 * 32
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
     assert [s for s, _ in evals] == [20, 40] and evals[1][1] < evals[0][1] < first
@@ -257,3 +258,44 @@ def test_trainer_with_masked_labels_and_finite_iterator(tmp_path):
     assert state.step == 3 and state.loss_tokens == 3 * 2 * 3  # positions 5..7 predicted, 2 rows
     assert seen[0]["loss"] == pytest.approx(expected_first, rel=1e-6)
     assert CheckpointManager(tmp_path / "ck").latest().name == "step-00000003"
+
+
+def test_mfu_only_against_a_known_peak(caplog):
+    """MFU is reported only with a datasheet peak (the user's, or a known GPU's), never above 100%:
+    a peak that gives more says so once and MFU is dropped (it once printed "MFU 221.8%" on a CPU)."""
+    import logging
+
+    from swisslm.train import Trainer, TrainerConfig, make_schedule
+    from swisslm.train.flops import gpu_peak_flops
+
+    assert gpu_peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12  # the longest matching name wins
+    assert gpu_peak_flops("NVIDIA H200", "bf16") == 989e12 and gpu_peak_flops("NVIDIA L4", "fp32") == 30.3e12
+    assert gpu_peak_flops("Some Future GPU") is None
+
+    def fit(peak):
+        cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
+        model = AutoModel.from_config(cfg, seed=0)
+        rows = []
+        batch = {"input_ids": torch.randint(0, 64, (2, 16)), "labels": torch.randint(0, 64, (2, 16))}
+        Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), make_schedule("constant", lr=0.01),
+                TrainerConfig(max_steps=4, log_every=1, progress=False, peak_flops=peak),
+                callbacks=[lambda _t, m: rows.append(m)]).fit(iter([batch] * 4))
+        return rows
+
+    assert not any("mfu" in r for r in fit(None))  # CPU: unknown peak, no MFU
+    rows = fit(1e18)
+    assert all(0 < r["mfu"] <= 1 for r in rows)
+    with caplog.at_level(logging.WARNING, logger="swisslm.train.trainer"):
+        rows = fit(1.0)  # 1 FLOP/s: every step would be > 100%
+    assert not any("mfu" in r for r in rows)
+    warnings = [r for r in caplog.records if "MFU would be" in r.getMessage()]
+    assert len(warnings) == 1 and "--peak-flops" in warnings[0].getMessage()
+
+
+def test_train_peak_flops_flag(tmp_path, capsys):
+    cfg = write_yaml(tmp_path / "c.yaml", tiny_train_config(tmp_path / "run", tmp_path / "data"))
+    assert cli_main(["train", str(cfg), "--peak-flops", "2e14", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["logging"]["peak_flops"] == 2e14
+    assert cli_main(["train", str(cfg), "--peak-flops", "0", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "logging.peak_flops" in err

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The user-facing model: the backbone plus tokenizer, generation and HF export.
 
-    model = swisslm.AutoModel.from_pretrained(path)   # HF folder, .gguf, or None (default)
+    model = swisslm.AutoModel.from_pretrained(path)   # HF folder, .gguf, hub id, or None (default)
     ids = model.generate(input_ids, max_new_tokens=20)
     model.save_pretrained("out/")
 """
@@ -24,7 +24,8 @@ from .generation.scoring import LoglikelihoodResult, loglikelihood
 from .generation.streaming import TextStream, stream
 from .io.build import new_model
 from .io.embedded import default_model_path
-from .io.loader import load_model, parse_dtype, save_hf
+from .io.hub import resolve_model
+from .io.loader import SourceFormat, dtype_name, load_model, parse_dtype, save_hf
 
 # GenerationConfig's own fields besides the rows' params: allowed next to sampling=
 _BATCH_KEYWORDS = frozenset(f.name for f in dataclasses.fields(GenerationConfig)) - {"params"}
@@ -34,7 +35,9 @@ class Model(Transformer):
     """Transformer + the checkpoint's tokenizer + generate/save_pretrained."""
 
     tokenizer: Any = None
-    source: str | None = None
+    source: str | None = None  # the local file or folder the weights came from
+    name_or_path: str | None = None  # what from_pretrained was given (a path or a hub repo id)
+    source_format: SourceFormat | None = None  # how that file stored the weights (set by the loader)
 
     def generation_config(
         self,
@@ -146,8 +149,64 @@ class Model(Transformer):
                         else (list(context), list(cont)))
         return loglikelihood(self, reqs, batch_size=batch_size)
 
+    def storage_format(self) -> str:
+        """How the weights are stored, from the file to memory, e.g. "GGUF Q4_1 (79%), Q8_0 (21%)
+        → fp32" (dequantized on load), "bf16 → fp32", "fp32", "int8 weight-only", "int4
+        weight-only (group 32; embedding, head int8)", or "GGUF Q4_1 → fp32 → int8 weight-only"
+        after `quantize_`."""
+        steps = []
+        src = self.source_format
+        if src is not None and src.types:
+            total = sum(src.types.values())
+            ranked = sorted(src.types.items(), key=lambda kv: -kv[1])
+            types = ranked[0][0] if len(ranked) == 1 else ", ".join(
+                f"{name} ({_percent(n, total)})" for name, n in ranked)
+            steps.append(f"GGUF {types}" if src.container == "gguf" else types)
+        q = getattr(self, "quantization", None)
+        floats = [p.dtype for p in self.parameters() if p.is_floating_point() and p.dim() >= 2]
+        # The float dtype the matrices were loaded in (before quantize_, the norms still have it).
+        loaded = dtype_name(max(set(floats), key=floats.count) if floats and not q else self._float_dtype())
+        if steps != [loaded] and (steps or not q):  # a quantized swisslm folder has no float stage
+            steps.append(loaded)
+        if q:
+            steps.append(_describe_quantization(q))
+        return " → ".join(steps)
+
+    def _float_dtype(self) -> torch.dtype:
+        """The float dtype of the model's tensors (norms when the matrices are quantized)."""
+        for t in (*self.parameters(), *self.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+        return torch.float32
+
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype | str | None = None) -> Path:
         return save_hf(self, folder, self.tokenizer, parse_dtype(dtype) if dtype else None)
+
+
+def _percent(n: int, total: int) -> str:
+    pct = 100 * n / total
+    return f"{pct:.0f}%" if pct >= 0.5 else "<1%"
+
+
+def _describe_quantization(q: dict[str, Any]) -> str:
+    """'int8 weight-only', or 'int4 weight-only (group 32; embedding, head int8)': int4 keeps the
+    embedding, the LM head and layers whose width is not a multiple of the group at int8."""
+    scheme = q.get("scheme", "?")
+    if scheme != "int4":
+        return f"{scheme} weight-only"
+    kinds = q.get("modules", {})
+    int8 = []
+    if "int8_embedding" in kinds.values():
+        int8.append("embedding")
+    if kinds.get("head.proj") in ("int8", "tied"):
+        int8.append("head")
+    n = sum(1 for name, kind in kinds.items() if kind == "int8" and name != "head.proj")
+    if n:
+        int8.append(f"{n} layer{'s' if n > 1 else ''}")
+    if "int8_experts" in kinds.values():
+        int8.append("experts")
+    extra = f"; {', '.join(int8)} int8" if int8 else ""
+    return f"int4 weight-only (group {q.get('group_size', '?')}{extra})"
 
 
 class AutoModel:
@@ -157,12 +216,15 @@ class AutoModel:
         dtype: str | torch.dtype = "float32",
         device: str | torch.device = "cpu",
     ) -> Model:
-        """Load an HF folder (config.json + safetensors), a .gguf file, or, with None, the
-        embedded default SmolLM2-135M-Instruct."""
-        src = Path(path) if path is not None else default_model_path()
+        """Load an HF folder (config.json + safetensors), a .gguf file, a Hugging Face repo id
+        found in the local HF cache (`ORG/NAME`, `ORG/NAME@REVISION`, `ORG/NAME/FILE.gguf`; a
+        local path of the same name wins; never downloads), or, with None, the embedded default
+        SmolLM2-135M-Instruct."""
+        src = resolve_model(path) if path is not None else default_model_path()
         model, tokenizer = load_model(src, dtype, device, model_cls=Model)
         model.tokenizer = tokenizer
         model.source = str(src)
+        model.name_or_path = str(path) if path is not None else str(src)
         return model
 
     @staticmethod

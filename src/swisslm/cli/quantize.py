@@ -8,6 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..progress import add_quiet_arg, progress_bar, progress_enabled
 from .common import UsageError
 
 
@@ -15,13 +16,14 @@ def register(sub) -> None:
     p = sub.add_parser("quantize", help="write a weight-only int8/int4 checkpoint")
     p.add_argument("src", help="HF folder or .gguf file ('default' = the embedded SmolLM2)")
     p.add_argument("dst", help="output folder")
-    p.add_argument("--scheme", choices=["int8", "int4"], required=True)
+    p.add_argument("--scheme", choices=["int8", "int4"], required=True, help="weight format")
     p.add_argument("--group-size", type=int, choices=[32, 64, 128], default=32,
-                   help="int4: input columns per scale (default 32; the LM head stays int8)")
-    p.add_argument("--no-head", action="store_true", help="keep the LM head in float")
-    p.add_argument("--no-embeddings", action="store_true", help="keep the token embedding in float")
-    p.add_argument("--force", action="store_true", help="overwrite a non-empty DST")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+                   help="int4: input columns per scale (the LM head stays int8)")
+    p.add_argument("--no-head", action="store_true", default=False, help="keep the LM head in float")
+    p.add_argument("--no-embeddings", action="store_true", default=False, help="keep the token embedding in float")
+    p.add_argument("--force", action="store_true", default=False, help="overwrite a non-empty DST")
+    p.add_argument("--json", action="store_true", default=False, help="print one JSON object")
+    add_quiet_arg(p)
     p.set_defaults(func=run)
 
 
@@ -36,12 +38,19 @@ def run(args: argparse.Namespace) -> int:
     if dst.is_dir() and any(dst.iterdir()) and not args.force:
         raise UsageError(f"{dst}: folder is not empty (use --force to overwrite)")
     src = None if args.src == "default" else args.src
-    model = AutoModel.from_pretrained(src)
-    if getattr(model, "quantization", None):
-        raise UsageError(f"{args.src}: already quantized ({model.quantization['scheme']})")
-    quantize_(model, args.scheme, group_size=args.group_size, head=not args.no_head,
-              embeddings=not args.no_embeddings)
-    save_quantized(model, dst)
+    bar = progress_bar(3, desc=f"load {args.src}", unit="stage", enabled=progress_enabled(args.quiet))
+    with bar:
+        model = AutoModel.from_pretrained(src)
+        if getattr(model, "quantization", None):
+            raise UsageError(f"{args.src}: already quantized ({model.quantization['scheme']})")
+        bar.update(1)
+        bar.set_description(f"quantize {args.scheme}")
+        quantize_(model, args.scheme, group_size=args.group_size, head=not args.no_head,
+                  embeddings=not args.no_embeddings)
+        bar.update(1)
+        bar.set_description(f"write {dst}")
+        save_quantized(model, dst)
+        bar.update(1)
     size = sum(f.stat().st_size for f in dst.glob("*.safetensors"))
     if args.json:
         print(json.dumps({"src": args.src, "dst": str(dst), "scheme": args.scheme,

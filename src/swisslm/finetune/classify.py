@@ -8,7 +8,9 @@ cross-entropy over (B, T, V) logits with shifted labels, and a classification is
 case -- logits (B, 2, L) whose first row holds the class scores, labels (B, 2) = [-100, class].
 
 Output folder: `classifier_head.safetensors` + `classifier_config.json` (labels, pooling, head
-shape), the LoRA adapter in PEFT format when `peft`, `metrics.csv`, `checkpoints/`.
+shape, base model), the LoRA adapter in PEFT format when `peft`, the fine-tuned backbone as an HF
+folder `model/` when `full_finetune`, `metrics.csv`, `checkpoints/`. `load_classifier` +
+`predict` (`swisslm classify --predict FILE.jsonl --model RUN_DIR`) use it.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..io.errors import CheckpointError
 from ..mixins.heads import ClassificationHeadMixin
 from ..mixins.lora import LoRAMixin, trainable_parameters
 from .data import IGNORE, DataError, read_jsonl
@@ -236,11 +239,74 @@ def run_classify(cfg: ClassifyConfig, model: Any = None) -> dict[str, Any]:
         summary["eval_loss"] = trainer.evaluate().get("eval_loss")
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
-              str(out / "classifier_head.safetensors"))
-    (out / "classifier_config.json").write_text(json.dumps(
+              str(out / HEAD_FILE))
+    source = getattr(model, "source", None)
+    base = str(Path(source).resolve()) if source and Path(source).exists() else source
+    if cfg.full_finetune:  # the backbone changed too: keep it, without the head
+        model.del_mixin("classifier")
+        model.save_pretrained(out / "model")
+        model.add_mixin("classifier", head)
+        base = str((out / "model").resolve())
+    (out / CONFIG_FILE).write_text(json.dumps(
         {"labels": labels, "pooling": pooling, "hidden_size": model.config.hidden_size,
-         "head_hidden": cfg.head_hidden, "base_model": getattr(model, "source", None)}, indent=2))
+         "head_hidden": cfg.head_hidden, "base_model": base, "block_size": cfg.block_size,
+         "text_column": cfg.text_column, "label_column": cfg.label_column, "peft": cfg.peft}, indent=2))
     if cfg.peft:
-        save_adapter(model, out, name="lora", base_model_name_or_path=getattr(model, "source", None))
+        save_adapter(model, out, name="lora", base_model_name_or_path=base)
     (out / "classify_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+HEAD_FILE, CONFIG_FILE = "classifier_head.safetensors", "classifier_config.json"
+
+
+def read_classifier_config(run_dir: str | Path) -> dict[str, Any]:
+    """The classifier_config.json of a `swisslm classify` output folder (checked, no model loaded)."""
+    run = Path(run_dir)
+    if not (run / CONFIG_FILE).is_file() or not (run / HEAD_FILE).is_file():
+        raise CheckpointError(f"{run}: not a classify output folder (needs {CONFIG_FILE} and {HEAD_FILE})")
+    return json.loads((run / CONFIG_FILE).read_text())
+
+
+def load_classifier(run_dir: str | Path, base_model: str | None = None, dtype: str = "float32",
+                    device: str = "cpu") -> tuple[Any, ClassificationHeadMixin, dict[str, Any]]:
+    """Rebuild a trained classifier: its base model (or `base_model`), the saved head and, when
+    the run trained one, its LoRA adapter. Returns (model, head, classifier config), in eval mode."""
+    from .. import AutoModel
+    from .peft_format import load_adapter
+
+    run = Path(run_dir)
+    meta = read_classifier_config(run)
+    base = base_model or meta.get("base_model")
+    if base is None:
+        raise CheckpointError(f"{run}: {CONFIG_FILE} names no base model; pass it with --base-model")
+    model = AutoModel.from_pretrained(base, dtype=dtype, device=device)
+    h = int(meta["head_hidden"])
+    head = ClassificationHeadMixin(int(meta["hidden_size"]), len(meta["labels"]), hidden_sizes=(h,) if h else (),
+                                   dropout=0.0, pooling=meta["pooling"])
+    head.load_state_dict(load_file(str(run / HEAD_FILE)))
+    model.add_mixin("classifier", head)
+    if (run / "adapter_config.json").is_file():
+        load_adapter(model, run)
+    model.to(device).eval()
+    return model, head, meta
+
+
+@torch.no_grad()
+def predict(model: Any, head: ClassificationHeadMixin, texts: list[str], labels: list[Any], block_size: int,
+            batch_size: int = 16) -> list[dict[str, Any]]:
+    """Class probabilities of each text: [{"label", "score", "probabilities": {label: p}}], the
+    texts tokenized and truncated exactly as in training."""
+    tok = model.tokenizer
+    ids = [list(tok.encode(t))[:block_size] or [tok.eos_token_id or 0] for t in texts]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    wrapper = ClassifierAsLM(model, head).eval()
+    device = next(model.parameters()).device
+    out = []
+    for b in ClassificationBatches(ids, [0] * len(ids), batch_size, pad, shuffle=False).one_epoch():
+        logits = wrapper(b["input_ids"].to(device), b["attention_mask"].to(device)).logits[:, 0]  # (B, L)
+        for row in logits.float().softmax(-1).cpu().tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            out.append({"label": labels[best], "score": row[best],
+                        "probabilities": {str(lab): p for lab, p in zip(labels, row)}})
+    return out

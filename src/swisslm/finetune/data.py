@@ -143,27 +143,50 @@ class SFTBatches:
     """Shuffled, right-padded micro-batches over epochs; resumable (`state_dict()` is the epoch
     and the position in it, the order a pure function of (seed, epoch)).
 
+    Under data parallelism (`world_size` > 1) each rank takes every `world_size`-th example of
+    the epoch's order, as torch's DistributedSampler does: the order is first padded by wrapping
+    around so every rank gets the same number of examples (a rank with fewer micro-batches would
+    hang the others' gradient all-reduce). Rank r's i-th micro-batch plus the other ranks' i-th
+    ones hold exactly the examples of one process's i-th and following micro-batches, so N
+    processes with batch size B match one process accumulating N micro-batches of B.
+
     Yields {"input_ids", "labels"} and, when a batch has padding, "attention_mask" (a batch
     without padding leaves it out so attention runs the plain causal kernel).
     """
 
     def __init__(self, examples: Sequence[Example], batch_size: int, pad_id: int, seed: int = 0,
-                 shuffle: bool = True) -> None:
+                 shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         self.examples, self.batch_size, self.pad_id = list(examples), batch_size, pad_id
         self.seed, self.shuffle = seed, shuffle
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.index = 0, 0  # index = micro-batches already yielded in this epoch
 
     @property
+    def shard_size(self) -> int:
+        """Examples this rank sees per epoch."""
+        return math.ceil(len(self.examples) / self.world_size)
+
+    @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(len(self.examples) / self.batch_size)
+        """Micro-batches per epoch on this rank (the same on every rank)."""
+        return math.ceil(self.shard_size / self.batch_size)
 
     def _order(self, epoch: int) -> list[int]:
+        n = len(self.examples)
         if not self.shuffle:
-            return list(range(len(self.examples)))
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(len(self.examples), generator=g).tolist()
+            order = list(range(n))
+        else:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(n, generator=g).tolist()
+        if self.world_size == 1:
+            return order
+        total = self.shard_size * self.world_size
+        order = (order * math.ceil(total / n))[:total]  # wrap around to an even split
+        return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:
@@ -176,14 +199,21 @@ class SFTBatches:
             self.epoch, self.index = self.epoch + 1, 0
 
     def one_epoch(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Every example once, in file order (for evaluation)."""
-        for i in range(0, len(self.examples), self.batch_size):
-            yield collate(self.examples[i : i + self.batch_size], self.pad_id)
+        """This rank's share of the examples once, in file order, without the wrap-around padding
+        (for evaluation, whose sums are all-reduced: every example counts exactly once)."""
+        mine = list(range(self.rank, len(self.examples), self.world_size))
+        for i in range(0, len(mine), self.batch_size):
+            yield collate([self.examples[j] for j in mine[i : i + self.batch_size]], self.pad_id)
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed}
+        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "world_size": self.world_size}
 
     def load_state_dict(self, st: Mapping[str, int]) -> None:
+        # the position counts this rank's micro-batches: it means something else at another world size
+        saved = int(st.get("world_size", 1))
+        if saved != self.world_size:
+            raise ValueError(f"the checkpoint was written by {saved} process(es); resume it with as many "
+                             f"(this run has {self.world_size})")
         self.epoch, self.index = int(st["epoch"]), int(st["index"])
 
 

@@ -6,7 +6,13 @@ gradient accumulation 4, LoRA r 16 / alpha 32 / dropout 0.05 on all linears, lin
 with 10% warmup, AdamW betas (0.9, 0.999) as HF's adamw_torch). The output folder holds, like
 autotrain's project folder: the adapter in PEFT format (or the full model as an HF folder),
 `metrics.csv`, `checkpoints/step-*/` (resumable with `resume=True`) and, with `merge_adapter`,
-the merged HF model.
+the merged HF model. A folder that already holds a run is refused unless `resume` (continue it)
+or `overwrite` (delete it first).
+
+Under torchrun (`torchrun --nproc_per_node N -m swisslm finetune ...`) the run is data parallel
+with DDP: each rank takes its share of every epoch's examples (`SFTBatches`), gradients are
+all-reduced, and only rank 0 writes files and metrics. `batch_size` and `gradient_accumulation`
+are per rank, as in HF's Trainer: one optimizer step sees batch x accumulation x N examples.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,7 +72,9 @@ class SFTConfig:
     save_steps: int = 0  # 0 = checkpoint at the end only
     save_total_limit: int = 2
     resume: bool = False
+    overwrite: bool = False  # delete a previous run in `output` first
     progress: bool = True
+    peak_flops: float | None = None  # for MFU; None = a known GPU's datasheet peak, else no MFU
 
     def validate(self) -> None:
         def pos(name: str) -> None:
@@ -87,6 +97,39 @@ class SFTConfig:
             raise ValueError("--merge-adapter needs --peft")
         if self.mixed_precision not in (None, "none", "bf16"):
             raise ValueError(f"--mixed-precision must be bf16 or none, got {self.mixed_precision!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run in --output, --overwrite deletes it: pick one")
+        if self.peak_flops is not None and self.peak_flops <= 0:
+            raise ValueError(f"--peak-flops must be > 0, got {self.peak_flops}")
+
+
+# What marks a folder as a previous run (an interrupted one has no summary yet)
+RUN_MARKERS = ("finetune_summary.json", "metrics.csv", "checkpoints")
+
+
+def check_output(out: Path, resume: bool, overwrite: bool, clear: bool = True) -> None:
+    """Refuse to mix two runs in one folder: a non-empty `out` needs `resume` or `overwrite`.
+
+    `overwrite` deletes the folder's contents so no stale adapter, metrics row or checkpoint of
+    the old run is left beside the new ones -- but only when the folder is recognisably a run
+    (one of RUN_MARKERS), so a mistyped --output never wipes unrelated files. `clear=False`
+    checks without deleting (under torchrun only rank 0 deletes)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out}: exists and is not a folder")
+    if resume or not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise ValueError(f"--output {out}: folder is not empty; pass --resume to continue the run in it "
+                         "or --overwrite to replace it")
+    if not any((out / m).exists() for m in RUN_MARKERS):
+        raise ValueError(f"--output {out}: --overwrite refused, the folder holds files but no previous run "
+                         f"({', '.join(RUN_MARKERS)}); choose another folder")
+    if clear:
+        for entry in out.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
 
 def parse_target_modules(spec: str) -> str | list[str]:
@@ -130,18 +173,39 @@ def prepare_model(cfg: SFTConfig, model: Any) -> LoRAMixin | None:
 
 
 def run_sft(cfg: SFTConfig, model: Any = None) -> dict[str, Any]:
-    """Fine-tune; returns a summary (parameter counts, steps, losses, tokens/s, output paths)."""
+    """Fine-tune; returns a summary (parameter counts, steps, losses, tokens/s, output paths).
+
+    Launched by torchrun, runs DDP over the launched processes (see the module docstring)."""
+    import torch.distributed as dist
+
+    from ..train.distributed import destroy_distributed, init_distributed, launched_by_torchrun
+
+    cfg.validate()
+    # every rank checks before the process group forms (init is a barrier: nothing is written
+    # until all ranks got past this), only rank 0 deletes
+    check_output(Path(cfg.output), cfg.resume, cfg.overwrite, clear=int(os.environ.get("RANK", "0")) == 0)
+    owns_group = launched_by_torchrun() and not (dist.is_available() and dist.is_initialized())
+    rank, world, local = init_distributed(cfg.device)
+    try:
+        device = f"cuda:{local}" if cfg.device == "cuda" and world > 1 else cfg.device
+        return _run_sft(cfg, model, rank, world, device)
+    finally:
+        if owns_group:
+            destroy_distributed()
+
+
+def _run_sft(cfg: SFTConfig, model: Any, rank: int, world: int, device: str) -> dict[str, Any]:
     from .. import AutoModel
     from ..train import CheckpointManager, Trainer, TrainerConfig
+    from ..train.distributed import apply_ddp
     from ..train.metrics import default_loggers
     from ..train.optim import build_adamw, param_groups
     from .peft_format import save_adapter
 
-    cfg.validate()
     out = Path(cfg.output)
     torch.manual_seed(cfg.seed)
     if model is None:
-        model = AutoModel.from_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device)
+        model = AutoModel.from_pretrained(cfg.model, dtype=cfg.dtype, device=device)
     tok = model.tokenizer
     if tok is None:
         raise ValueError(f"{model.source}: the checkpoint has no tokenizer; SFT needs one")
@@ -150,7 +214,7 @@ def run_sft(cfg: SFTConfig, model: Any = None) -> dict[str, Any]:
     valid = load_sft_examples(cfg.valid_data, tok, cfg.block_size, cfg.text_column, template) \
         if cfg.valid_data else None
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    batches = SFTBatches(train, cfg.batch_size, pad, seed=cfg.seed)
+    batches = SFTBatches(train, cfg.batch_size, pad, seed=cfg.seed, rank=rank, world_size=world)
     steps = cfg.max_steps or math.ceil(cfg.epochs * batches.batches_per_epoch / cfg.gradient_accumulation)
     warmup = math.ceil(cfg.warmup_ratio * steps)
 
@@ -161,13 +225,15 @@ def run_sft(cfg: SFTConfig, model: Any = None) -> dict[str, Any]:
     log.info("trainable parameters: %s / %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     opt = build_adamw(param_groups(model, weight_decay=cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     sched = make_sft_schedule(cfg.scheduler, cfg.lr, warmup, steps)
-    eval_fn = (lambda: SFTBatches(valid, cfg.batch_size, pad, shuffle=False).one_epoch()) if valid else None
+    wrapped = apply_ddp(model, device) if world > 1 else model
+    eval_fn = (lambda: SFTBatches(valid, cfg.batch_size, pad, shuffle=False, rank=rank,
+                                  world_size=world).one_epoch()) if valid else None
     tcfg = TrainerConfig(
         max_steps=steps, grad_accum=cfg.gradient_accumulation,
         precision="bf16" if cfg.mixed_precision == "bf16" else "fp32",
         grad_clip=cfg.max_grad_norm if cfg.max_grad_norm > 0 else None, log_every=cfg.logging_steps,
         eval_every=cfg.eval_steps, eval_batches=(math.ceil(len(valid) / cfg.batch_size) if valid else 0),
-        checkpoint_every=cfg.save_steps, progress=cfg.progress,
+        checkpoint_every=cfg.save_steps, progress=cfg.progress, peak_flops=cfg.peak_flops,
         extra={"sft_config": asdict(cfg)},
     )
     ckpts = CheckpointManager(out / "checkpoints", keep_last=cfg.save_total_limit)
@@ -177,9 +243,8 @@ def run_sft(cfg: SFTConfig, model: Any = None) -> dict[str, Any]:
         if latest is None:
             raise ValueError(f"--resume: no checkpoint under {out / 'checkpoints'}")
         resumed_at = int(latest.name.split("-")[1])
-    trainer = Trainer(model, opt, sched, tcfg, checkpoints=ckpts,
-                      loggers=default_loggers(out, resume_step=resumed_at, tensorboard=False),
-                      eval_iter_fn=eval_fn)
+    loggers = default_loggers(out, resume_step=resumed_at, tensorboard=False) if rank == 0 else []
+    trainer = Trainer(wrapped, opt, sched, tcfg, checkpoints=ckpts, loggers=loggers, eval_iter_fn=eval_fn)
     if cfg.resume:
         trainer.resume_latest(batches)
     history: list[dict[str, float]] = []
@@ -192,9 +257,12 @@ def run_sft(cfg: SFTConfig, model: Any = None) -> dict[str, Any]:
         "tokens_seen": trainer.state.tokens_seen, "first_loss": history[0]["loss"] if history else None,
         "final_loss": history[-1]["loss"] if history else None, "seconds": elapsed,
         "tokens_per_s": (trainer.state.tokens_seen - tokens0) / max(elapsed, 1e-9), "resumed_at": resumed_at,
+        "world_size": world,
     }
     if valid:
-        summary.update(trainer.evaluate())
+        summary.update(trainer.evaluate())  # collective: every rank evaluates its share
+    if rank != 0:
+        return summary
     out.mkdir(parents=True, exist_ok=True)
     if lora is not None:
         save_adapter(model, out, base_model_name_or_path=getattr(model, "source", None))

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +33,26 @@ M = TypeVar("M", bound=Transformer)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+@dataclass
+class SourceFormat:
+    """How a checkpoint stored its weight matrices, recorded on the model as `source_format` by
+    `load_model` (what `Model.storage_format()` describes: "GGUF Q4_1 → fp32", "bf16 → fp32").
+
+    `types` maps each storage type of the matrices (tensors of 2+ dims; norms and biases are fp32
+    in every GGUF and say nothing about the format) to how many values it holds: GGUF type names
+    ("Q4_1", "Q8_0", "F16") for a .gguf file, "fp32" / "bf16" / "fp16" for safetensors."""
+
+    container: str  # "gguf" | "safetensors"
+    types: dict[str, int] = field(default_factory=dict)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -54,8 +76,19 @@ def read_hf_config(path: Path) -> dict[str, Any]:
     return hf
 
 
-def open_checkpoint(path: str | Path) -> tuple[dict[str, Any], Iterable[tuple[str, torch.Tensor]], Any]:
-    """(hf_config, tensor stream, tokenizer or None) for an HF folder or a .gguf file."""
+def _tally(tensors: Iterable[tuple[str, torch.Tensor]], types: Counter[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Pass the stream through, counting the values of each matrix by its stored dtype."""
+    for name, t in tensors:
+        if t.dim() >= 2:
+            types[dtype_name(t.dtype)] += t.numel()
+        yield name, t
+
+
+def open_checkpoint(
+    path: str | Path,
+) -> tuple[dict[str, Any], Iterable[tuple[str, torch.Tensor]], Any, SourceFormat]:
+    """(hf_config, tensor stream, tokenizer or None, source format) for an HF folder or a .gguf
+    file. A safetensors folder's format fills in as the stream is consumed."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or folder")
@@ -65,14 +98,20 @@ def open_checkpoint(path: str | Path) -> tuple[dict[str, Any], Iterable[tuple[st
         from .gguf import iter_gguf_tensors, open_gguf, read_gguf_config, read_gguf_tokenizer
 
         reader = open_gguf(p)  # parse the header once for config, tensors and tokenizer
-        return read_gguf_config(reader), iter_gguf_tensors(reader), read_gguf_tokenizer(reader)
+        types: Counter[str] = Counter()
+        for t in reader.tensors:  # tensors are dequantized on load: remember what they were
+            if len(t.shape) >= 2:
+                types[t.tensor_type.name] += int(t.shape.prod())
+        fmt = SourceFormat("gguf", dict(types))
+        return read_gguf_config(reader), iter_gguf_tensors(reader), read_gguf_tokenizer(reader), fmt
     hf = read_hf_config(p)
     tokenizer = None
     if (p / "tokenizer.json").exists():
         from .tokenizer import Tokenizer
 
         tokenizer = Tokenizer.from_folder(p)
-    return hf, iter_safetensors(p), tokenizer
+    counts: Counter[str] = Counter()  # filled by _tally as the stream is read
+    return hf, _tally(iter_safetensors(p), counts), tokenizer, SourceFormat("safetensors", counts)
 
 
 def _cast(tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
@@ -110,9 +149,11 @@ def load_model(
     device: str | torch.device = "cpu",
     model_cls: type[M] = Transformer,  # type: ignore[assignment]
 ) -> tuple[M, Any]:
-    """Load a checkpoint; returns (model in eval mode, tokenizer or None)."""
+    """Load a checkpoint; returns (model in eval mode, tokenizer or None). The model's
+    `source_format` (a SourceFormat) says how the file stored the float weights; a quantized
+    swisslm folder describes itself through `model.quantization` instead."""
     torch_dtype = parse_dtype(dtype)
-    hf, tensors, tokenizer = open_checkpoint(path)
+    hf, tensors, tokenizer, fmt = open_checkpoint(path)
     if "swisslm" in hf:  # our own formats (quantized checkpoints) carry a native config
         from .quantized import load_quantized  # noqa: PLC0415
 
@@ -126,6 +167,7 @@ def load_model(
     materialize_buffers(model, "cpu")
     model.to(device)
     model.eval()
+    model.source_format = fmt
     return model, tokenizer
 
 

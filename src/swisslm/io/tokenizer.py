@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -140,6 +141,58 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _id_list(ids: Any) -> list[int]:
+    """Token ids from a list, a 1-D tensor/array or a single int (what transformers' decode takes)."""
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    if isinstance(ids, int):
+        return [ids]
+    return [int(i) for i in ids]
+
+
+def _check_side(name: str, side: str) -> str:
+    if side not in ("left", "right"):
+        raise ValueError(f"{name} must be 'left' or 'right', got {side!r}")
+    return side
+
+
+def _is_bert_class(name: Any) -> bool:
+    """transformers' BERT-style tokenizer classes list token_type_ids in `model_input_names`."""
+    return isinstance(name, str) and name.removesuffix("Fast") in (
+        "BertTokenizer", "ElectraTokenizer", "ConvBertTokenizer", "SqueezeBertTokenizer", "LayoutLMTokenizer")
+
+
+class BatchEncoding(dict):
+    """What `Tokenizer.__call__` returns: a dict (so `model(**enc)` / `generate(**enc)` unpack it)
+    whose keys also read as attributes, with `.to(device)` for tensors (transformers' BatchEncoding)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to(self, device: Any) -> BatchEncoding:
+        return BatchEncoding({k: v.to(device) if hasattr(v, "to") else v for k, v in self.items()})
+
+
+def _as_tensors(columns: dict[str, list[list[int]]], return_tensors: str | None) -> dict[str, Any]:
+    if return_tensors is None:
+        return columns
+    if return_tensors not in ("pt", "np"):
+        raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+    lengths = {len(row) for rows in columns.values() for row in rows}
+    if len(lengths) > 1:
+        raise ValueError("rows have different lengths: pass padding=True to return tensors of a ragged batch")
+    if return_tensors == "np":
+        import numpy as np
+
+        return {k: np.asarray(v, dtype=np.int64) for k, v in columns.items()}
+    import torch
+
+    return {k: torch.tensor(v, dtype=torch.long) for k, v in columns.items()}
+
+
 class Tokenizer:
     """A `tokenizers.Tokenizer` with the special tokens, stop ids and chat template of a checkpoint.
 
@@ -159,6 +212,9 @@ class Tokenizer:
         extra_eos_token_ids: Sequence[int] = (),
         model_max_length: int | None = None,
         clean_up_tokenization_spaces: bool = False,
+        padding_side: str = "right",
+        truncation_side: str = "right",
+        returns_token_type_ids: bool = False,
         source: str = "<tokenizer>",
     ) -> None:
         self.backend = backend
@@ -185,6 +241,13 @@ class Tokenizer:
         if add_bos_token is not None or add_eos_token is not None or self.backend.post_processor is None:
             self._update_post_processor()
         self.extra_eos_token_ids = [int(i) for i in extra_eos_token_ids]
+        # transformers' call surface: which side pads/truncates, and whether `__call__` returns
+        # token_type_ids (BERT-family tokenizers do, as their `model_input_names` say).
+        self.padding_side = _check_side("padding_side", padding_side)
+        self.truncation_side = _check_side("truncation_side", truncation_side)
+        self.returns_token_type_ids = returns_token_type_ids
+        # The backend is switched into padding/truncation mode only inside `__call__`.
+        self._call_lock = threading.Lock()
 
     # -- construction ------------------------------------------------------------------------
 
@@ -237,6 +300,9 @@ class Tokenizer:
             extra_eos_token_ids=eos_ids,
             model_max_length=max_len,
             clean_up_tokenization_spaces=bool(config.get("clean_up_tokenization_spaces", False)),
+            padding_side=config.get("padding_side") or "right",
+            truncation_side=config.get("truncation_side") or "right",
+            returns_token_type_ids=_is_bert_class(config.get("tokenizer_class")),
             source=str(folder),
         )
 
@@ -273,6 +339,8 @@ class Tokenizer:
             config["model_max_length"] = self.model_max_length
         if self.chat_template is not None:
             config["chat_template"] = self.chat_template
+        config["padding_side"] = self.padding_side
+        config["truncation_side"] = self.truncation_side
         with open(out / "tokenizer_config.json", "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, ensure_ascii=False)
             f.write("\n")
@@ -374,11 +442,110 @@ class Tokenizer:
         """`encode` over many texts at once (parallel in the Rust backend); no padding."""
         return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
 
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        text = self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
-        if self.clean_up_tokenization_spaces and type(self.backend.model).__name__ != "BPE":
+    def decode(self, ids: Any, skip_special_tokens: bool = True,
+               clean_up_tokenization_spaces: bool | None = None) -> str:
+        """Text of `ids` (a list, a 1-D tensor or array, or one int)."""
+        ids = _id_list(ids)
+        text = self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
+        clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None \
+            else clean_up_tokenization_spaces
+        if clean and type(self.backend.model).__name__ != "BPE":
             text = _clean_up_tokenization(text)  # transformers skips this for BPE, where it corrupts text
         return text
+
+    def batch_decode(self, sequences: Any, skip_special_tokens: bool = True,
+                     clean_up_tokenization_spaces: bool | None = None) -> list[str]:
+        """`decode` of each row of a 2-D tensor/array or a list of id lists."""
+        rows = sequences.tolist() if hasattr(sequences, "tolist") else list(sequences)
+        return [self.decode(r, skip_special_tokens, clean_up_tokenization_spaces) for r in rows]
+
+    # -- transformers' call surface ----------------------------------------------------------
+
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        text_pair: str | Sequence[str] | None = None,
+        *,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_tensors: str | None = None,
+        return_token_type_ids: bool | None = None,
+        return_attention_mask: bool | None = None,
+    ) -> BatchEncoding:
+        """Encode text (or a batch) with transformers' meaning of every argument.
+
+        Returns `input_ids` and `attention_mask` (plus `token_type_ids` for BERT-style tokenizers),
+        as lists, or as tensors with `return_tensors="pt"` (numpy with "np"); a single text gives
+        one row (a (1, T) tensor with return_tensors). `padding`: True/"longest" pads to the longest
+        row, "max_length" to `max_length`; `truncation` (True/"longest_first"/"only_first"/
+        "only_second") cuts to `max_length` (default: the tokenizer's model_max_length), counting
+        the special tokens, on `truncation_side`. Padding and truncation are the Rust backend's own,
+        as in transformers' fast tokenizers, so ids and masks are the same.
+        """
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("text must be a string or a list of strings")
+        pairs = None
+        if text_pair is not None:
+            pairs = [text_pair] if isinstance(text_pair, str) else list(text_pair)
+            if len(pairs) != len(texts):
+                raise ValueError(f"text_pair has {len(pairs)} entries for {len(texts)} texts")
+        strategy = {False: None, "do_not_pad": None, True: "longest", "longest": "longest",
+                    "max_length": "max_length"}.get(padding, "?")
+        if strategy == "?":
+            raise ValueError(f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
+        if truncation is None:  # transformers: a max_length without truncation means truncate
+            truncation = max_length is not None
+        trunc = {False: None, "do_not_truncate": None, True: "longest_first"}.get(truncation, truncation)
+        if trunc not in (None, "longest_first", "only_first", "only_second"):
+            raise ValueError(f"truncation must be a bool, 'longest_first', 'only_first' or 'only_second', "
+                             f"got {truncation!r}")
+        limit = max_length if max_length is not None else self.model_max_length
+        if trunc and limit is None:
+            raise ValueError("truncation needs max_length (this tokenizer has no model_max_length)")
+        if strategy == "max_length" and limit is None:
+            raise ValueError("padding='max_length' needs max_length")
+        if strategy and self.pad_token_id is None:
+            raise ValueError(f"{self.source}: asking to pad but the tokenizer has no pad token "
+                             "(set tokenizer.pad_token = tokenizer.eos_token, as with transformers)")
+        side = _check_side("padding_side", padding_side or self.padding_side)
+        batch = texts if pairs is None else list(zip(texts, pairs))
+        with self._call_lock:  # the backend's padding/truncation state is shared: set, encode, reset
+            try:
+                if trunc:
+                    self.backend.enable_truncation(limit, strategy=trunc, direction=self.truncation_side)
+                if strategy:
+                    self.backend.enable_padding(direction=side, pad_id=self.pad_token_id, pad_token=self.pad_token,
+                                                length=limit if strategy == "max_length" else None,
+                                                pad_to_multiple_of=pad_to_multiple_of)
+                encodings = self.backend.encode_batch(batch, add_special_tokens=add_special_tokens)
+            finally:
+                self.backend.no_padding()
+                self.backend.no_truncation()
+        columns: dict[str, list[list[int]]] = {"input_ids": [e.ids for e in encodings]}
+        if return_token_type_ids if return_token_type_ids is not None else self.returns_token_type_ids:
+            columns["token_type_ids"] = [e.type_ids for e in encodings]
+        if return_attention_mask is None or return_attention_mask:
+            columns["attention_mask"] = [e.attention_mask for e in encodings]
+        out = _as_tensors(columns, return_tensors)
+        if single and return_tensors is None:
+            out = {k: v[0] for k, v in out.items()}
+        return BatchEncoding(out)
+
+    @pad_token.setter
+    def pad_token(self, token: str | None) -> None:
+        """transformers' idiom `tokenizer.pad_token = tokenizer.eos_token` works the same here."""
+        if token is None:
+            self.special_tokens.pop("pad_token", None)
+        elif self.backend.token_to_id(token) is None:
+            raise ValueError(f"pad_token {token!r} is not in the vocabulary")
+        else:
+            self.special_tokens["pad_token"] = token
 
     # -- chat --------------------------------------------------------------------------------
 
@@ -391,14 +558,25 @@ class Tokenizer:
         tools: Sequence[Mapping[str, Any]] | None = None,
         documents: Sequence[Mapping[str, Any]] | None = None,
         chat_template: str | None = None,
+        return_tensors: str | None = None,
+        return_dict: bool = False,
         **kwargs: Any,
-    ) -> str | list[int]:
+    ) -> Any:
         """Render a conversation with the checkpoint's chat template (as transformers does).
 
         The template sees `messages`, `tools`, `documents`, `add_generation_prompt`, the named special
         tokens (bos_token, eos_token, ...) and `kwargs`. With `tokenize=True` the text is encoded
-        without adding special tokens, since the template writes them itself.
+        without adding special tokens, since the template writes them itself. As in transformers,
+        `return_tensors="pt"` gives a (1, T) tensor (or, with `return_dict=True`, a BatchEncoding
+        with input_ids and attention_mask), and a list of conversations renders each one.
         """
+        if messages and not isinstance(messages[0], Mapping) and not isinstance(messages, str):
+            rendered = [self.apply_chat_template(c, add_generation_prompt, tokenize=False, tools=tools,
+                                                 documents=documents, chat_template=chat_template, **kwargs)
+                        for c in messages]
+            if not tokenize:
+                return rendered
+            return self._chat_ids(rendered, return_tensors, return_dict)
         template = chat_template or self.chat_template
         if template is None:
             raise CheckpointError(f"{self.source}: tokenizer has no chat template")
@@ -413,7 +591,17 @@ class Tokenizer:
             add_generation_prompt=add_generation_prompt,
             **context,
         )
-        return self.encode(text, add_special_tokens=False) if tokenize else text
+        if not tokenize:
+            return text
+        if return_tensors is None and not return_dict:
+            return self.encode(text, add_special_tokens=False)
+        out = self._chat_ids([text], return_tensors, return_dict)
+        return out if return_dict or return_tensors is not None else out[0]
+
+    def _chat_ids(self, texts: list[str], return_tensors: str | None, return_dict: bool) -> Any:
+        enc = self(texts, add_special_tokens=False, padding=len(texts) > 1, return_tensors=return_tensors,
+                   return_token_type_ids=False)
+        return enc if return_dict else enc["input_ids"]
 
     def __repr__(self) -> str:
         return (f"Tokenizer(source={self.source!r}, vocab_size={self.vocab_size}, "

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from .layers import INT4_GROUP_SIZES, Int4Linear, Int8Embedding, Int8Linear
-from .moe import is_moe, quantize_moe_
+from .moe import QuantMoE, is_moe, quantize_moe_
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,26 @@ def tie_head(model: nn.Module) -> None:
     head = Int8Linear(emb.embedding_dim, emb.num_embeddings, bias=False, device="meta")
     head.weight, head.scales = emb.weight, emb.scales
     model.head.proj = head
+
+
+def logical_num_parameters(model: nn.Module) -> int:
+    """Parameters counted by their logical shape, quantized ones included: an Int4Linear's packed
+    [out, in/2] weight counts out x in, an int8 tensor its own size. Quantized weights are
+    buffers, so `model.num_parameters()` skips them; scales and mins are quantization metadata
+    and are not counted (as llama.cpp and transformers count a quantized model). A tensor shared
+    by two modules (tied int8 head and embedding) counts once."""
+    counts = {id(p): p.numel() for p in model.parameters()}
+    for m in model.modules():
+        if isinstance(m, Int4Linear | Int8Linear):
+            counts[id(m.weight)] = m.out_features * m.in_features
+            if m.bias is not None:  # a buffer here, a parameter in nn.Linear
+                counts[id(m.bias)] = m.bias.numel()
+        elif isinstance(m, Int8Embedding):
+            counts[id(m.weight)] = m.weight.numel()
+        elif isinstance(m, QuantMoE):  # int8 [E, out, in]: one value per logical weight
+            counts[id(m.gate_up)] = m.gate_up.numel()
+            counts[id(m.down)] = m.down.numel()
+    return sum(counts.values())
 
 
 def apply_structure(model: nn.Module, q: dict[str, Any], source: str) -> None:

@@ -120,7 +120,7 @@ class LoggingSection(_Section):
     every: int = Field(10, gt=0)
     tensorboard: bool = True
     progress: bool = True
-    peak_flops: float | None = None  # MFU denominator per device; None = estimate
+    peak_flops: float | None = Field(None, gt=0)  # MFU denominator per device; None = a known GPU, else no MFU
 
 
 class CheckpointSection(_Section):

@@ -30,6 +30,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def is_main_process() -> bool:
+    """Rank 0, or not distributed; readable before and after the process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device: str = "cpu") -> tuple[int, int, int]:
     """Initialise the default process group from torchrun's environment; (rank, world, local_rank)."""
     if not launched_by_torchrun():
@@ -75,7 +80,10 @@ def apply_ddp(model: nn.Module, device: str = "cpu") -> nn.Module:
     ids = [torch.cuda.current_device()] if device.startswith("cuda") else None
     # MoE: every expert receives gradients only if routed to; find_unused_parameters handles that
     find_unused = bool(getattr(model.config, "num_experts", 0))
-    return DDP(model, device_ids=ids, find_unused_parameters=find_unused)
+    # broadcast_buffers=False: our buffers (RoPE tables, masks, frozen quantized weights under
+    # QLoRA) are identical on every rank by construction; re-sending them from rank 0 before every
+    # forward is pure traffic, and makes every forward a collective (so uneven eval shards hang)
+    return DDP(model, device_ids=ids, find_unused_parameters=find_unused, broadcast_buffers=False)
 
 
 def apply_fsdp(model: nn.Module, device: str = "cpu", mixed_bf16: bool = False) -> nn.Module:

@@ -6,25 +6,45 @@ torchtitan count them: 6 * N (forward + backward over the non-embedding paramete
 included) + 12 * L * H * D * T for attention scores and values. For MoE only the active
 experts count (top-k of E). Activation recomputation is not counted (MFU, not HFU).
 
-The peak is the datasheet dense figure for known GPUs; on a CPU (or an unknown GPU) it is
-measured once with a large GEMM in the training precision, so "MFU" on CPU means the fraction
-of what this machine's matmul kernel reaches, which is the meaningful ceiling there.
+MFU needs the hardware's peak, and only a datasheet figure is one: the user's `peak_flops`, or
+the table below for known GPUs. Elsewhere (CPUs, unknown GPUs) no MFU is reported. A peak
+measured with one GEMM at start-up, as this module once did, is a lower bound of the real peak
+(turbo clocks, a kernel not at its best): it gave "MFU 221.8%" on a CPU.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import time
 
 import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
 
-# dense bf16 / tf32-free fp32 peaks (FLOP/s) from the vendors' datasheets
-_GPU_PEAKS = {"H100": (989e12, 67e12), "H200": (989e12, 67e12), "A100": (312e12, 19.5e12),
-              "L40S": (362e12, 91.6e12), "A10": (125e12, 31.2e12), "4090": (165e12, 82.6e12)}
+# Dense (no sparsity) peaks in FLOP/s from the vendors' datasheets: (bf16 tensor core, fp32 without
+# TF32). Matched against torch.cuda.get_device_name, longest key first ("H100 PCIe" before "H100").
+GPU_PEAKS = {
+    "H200": (989e12, 67e12), "H100 PCIe": (756e12, 51e12), "H100 NVL": (835e12, 60e12),
+    "H100": (989e12, 67e12), "GH200": (989e12, 67e12),
+    "A100": (312e12, 19.5e12), "A10": (125e12, 31.2e12),
+    "L40S": (362e12, 91.6e12), "L4": (121e12, 30.3e12), "4090": (165e12, 82.6e12),
+}
+
+
+def gpu_peak_flops(device_name: str, precision: str = "fp32") -> float | None:
+    """The datasheet peak of a GPU by its name (None when not in GPU_PEAKS)."""
+    for key in sorted(GPU_PEAKS, key=len, reverse=True):
+        if key in device_name:
+            bf16, fp32 = GPU_PEAKS[key]
+            return bf16 if precision == "bf16" else fp32
+    return None
+
+
+def known_peak_flops(device: torch.device, precision: str = "fp32") -> float | None:
+    """Peak FLOP/s of `device` when known (a GPU in GPU_PEAKS), else None: no MFU."""
+    if device.type != "cuda":
+        return None
+    return gpu_peak_flops(torch.cuda.get_device_name(device), precision)
 
 
 def flops_per_token(model: nn.Module, seq_len: int) -> float:
@@ -41,32 +61,3 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
         n += cfg.vocab_size * cfg.hidden_size
     attn = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
     return 6.0 * n + attn
-
-
-@functools.lru_cache(maxsize=8)
-def _measured_gemm_flops(device_type: str, dtype: torch.dtype) -> float:
-    # 512 is past the cache-blocking knee of CPU GEMMs and cheap even where bf16 has no fast
-    # kernel (CPUs without AVX512-BF16/AMX run bf16 matmuls at well under 1 GFLOP/s)
-    n = 512 if device_type == "cpu" else 8192
-    a = torch.randn(n, n, device=device_type).to(dtype)
-    b = torch.randn(n, n, device=device_type).to(dtype)
-    a @ b
-    reps, t0 = 0, time.perf_counter()
-    while reps < 2 or time.perf_counter() - t0 < 0.2:
-        a @ b
-        reps += 1
-    if device_type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
-
-
-def estimate_peak_flops(device: torch.device, precision: str = "fp32") -> float:
-    half = precision == "bf16"
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, (bf16, fp32) in _GPU_PEAKS.items():
-            if key in name:
-                return bf16 if half else fp32
-    peak = _measured_gemm_flops(device.type, torch.bfloat16 if half else torch.float32)
-    logger.info("peak FLOP/s for MFU measured with a GEMM on %s: %.3g", device.type, peak)
-    return peak

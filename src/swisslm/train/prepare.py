@@ -126,11 +126,9 @@ def prepare_data(inputs: list[str | Path], out: str | Path, tokenizer: str | Non
     total_bytes = sum(f.stat().st_size for f in files)
     if workers is None:  # small inputs are faster in-process than through a pool
         workers = 1 if total_bytes < 8 * _PIECE_BYTES else min(8, os.cpu_count() or 1)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
-        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenize")
+    bar = progress_bar(total_bytes, unit="B", unit_scale=True, desc="tokenize", enabled=progress)
     n_tokens = n_docs = 0
     tmp = out_dir / "tokens.bin.tmp"
     docs = _documents(files, text_key, split_lines)
@@ -153,13 +151,11 @@ def prepare_data(inputs: list[str | Path], out: str | Path, tokenizer: str | Non
                     raise CheckpointError(f"token id {int(ids.max())} does not fit {dt.name}")
                 ids.astype(dt).tofile(fh)
                 n_tokens += int(ids.size)
-                if bar is not None:
-                    bar.update(nbytes)
+                bar.update(nbytes)
         finally:
             if pool is not None:
                 pool.terminate()
-            if bar is not None:
-                bar.close()
+            bar.close()
     os.replace(tmp, out_dir / "tokens.bin")
     src = None if tokenizer in (None, "default") else str(Path(tokenizer).resolve())
     write_meta(out_dir, dtype=dt, num_tokens=n_tokens, num_documents=n_docs, vocab_size=vocab,

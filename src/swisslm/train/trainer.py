@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointManager
-from .flops import estimate_peak_flops, flops_per_token
+from .flops import flops_per_token, known_peak_flops
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class TrainerConfig:
     checkpoint_every: int = 0  # 0 = only at the end (when a CheckpointManager is given)
     save_final: bool = True
     progress: bool = True
-    peak_flops: float | None = None  # for MFU; None = estimate (device table or a measured GEMM)
+    peak_flops: float | None = None  # per device, for MFU; None = a known GPU's datasheet peak, else no MFU
     extra: dict[str, Any] = field(default_factory=dict)  # copied into trainer_state.json
 
 
@@ -159,12 +159,12 @@ class Trainer:
             g["lr"] = lr * g["lr_mult"]
         return lr
 
-    def _forward(self, batch: dict[str, torch.Tensor]) -> Any:
+    def _forward(self, batch: dict[str, torch.Tensor], model: nn.Module | None = None) -> Any:
         kw = {}
         if batch.get("attention_mask") is not None:
             kw["attention_mask"] = batch["attention_mask"].to(self.device)
         with self._autocast():
-            return self.model(batch["input_ids"].to(self.device), **kw)
+            return (model or self.model)(batch["input_ids"].to(self.device), **kw)
 
     # -- one optimizer step ------------------------------------------------------------------------
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -217,11 +217,16 @@ class Trainer:
         if self.eval_iter_fn is None:
             return {}
         self.model.eval()
+        # DDP replicas are identical: evaluate the inner module, so ranks may hold different
+        # numbers of eval batches (FSDP2 shards parameters, its forward must run on all ranks)
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
         tot = torch.zeros(2, dtype=torch.float64)
         for i, batch in enumerate(self.eval_iter_fn()):
             if i >= self.cfg.eval_batches:
                 break
-            out = self._forward(batch)
+            out = self._forward(batch, model)
             s, n = causal_lm_loss_sum(out.logits, batch["labels"].to(self.device))
             tot += torch.tensor([float(s), float(n)], dtype=torch.float64)
         tot = _all_reduce_sum(tot)
@@ -259,24 +264,37 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------------
     def _mfu(self, tokens_per_s: float) -> float | None:
+        """Model FLOPs utilisation, only against a known peak (the config's, or a GPU datasheet's).
+
+        A value above 1 means the peak is wrong (too low): that is said once, and MFU is no
+        longer reported for this run rather than printed as an impossible percentage."""
         if self._model_cfg is None:
             return None
         if self._flops_per_token is None:
             seq = getattr(self, "_seq_len", 0)
             self._flops_per_token = flops_per_token(unwrap(self.model), seq)
             if self._peak is None:
-                self._peak = estimate_peak_flops(self.device, self.cfg.precision) * self.world_size
-        return self._flops_per_token * tokens_per_s / self._peak if self._peak else None
+                self._peak = known_peak_flops(self.device, self.cfg.precision)
+        if not self._peak:
+            return None
+        mfu = self._flops_per_token * tokens_per_s / (self._peak * self.world_size)
+        if mfu > 1.0:
+            if self.rank == 0:
+                logger.warning("MFU would be %.0f%%: the peak of %.3g FLOP/s per device is too low for this "
+                               "hardware; MFU is not reported (pass the datasheet peak with --peak-flops)",
+                               100 * mfu, self._peak)
+            self._peak = 0.0
+            return None
+        return mfu
 
     def fit(self, batches: Iterator[dict[str, torch.Tensor]]) -> TrainState:
         cfg = self.cfg
         it = iter(batches)
         bar = None
         if cfg.progress and self.rank == 0 and self.state.step < cfg.max_steps:
-            from tqdm.auto import tqdm
+            from ..progress import progress_bar  # no bar when stderr is not a terminal
 
-            bar = tqdm(total=cfg.max_steps, initial=self.state.step, desc="train", unit="step",
-                       dynamic_ncols=True, disable=None)  # None: no bar when stderr is not a terminal
+            bar = progress_bar(cfg.max_steps, initial=self.state.step, desc="train", unit="step")
         t0, tok0 = time.perf_counter(), self.state.tokens_seen
         try:
             while self.state.step < cfg.max_steps:
