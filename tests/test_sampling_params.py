@@ -126,3 +126,19 @@ def test_no_sync_sampler_follows_the_distribution_and_the_row_seed():
                                           make_generator(2, "cpu")])
     assert mixed[1] == alone[0]
     assert torch.equal(choose_tokens(logits, True), logits.argmax(-1))
+
+
+def test_row_scores_applies_bias_penalties_and_min_new_tokens():
+    from swisslm.generation.sampling import row_scores
+
+    logits = torch.zeros(2, 6)
+    p = SamplingParams(logit_bias={4: 5.0}, presence_penalty=0.5, frequency_penalty=0.25, min_new_tokens=2)
+    generated = torch.tensor([[1, 1, 3], [2, -1, -1]])  # -1: no token (a row that ended)
+    got = row_scores(logits, p, step=1, eos_ids=[0], generated=generated)
+    expect = torch.zeros(2, 6)
+    expect[:, 4] = 5.0
+    expect[0, 1] = -(0.5 + 2 * 0.25)  # presence once, frequency per occurrence
+    expect[0, 3] = expect[1, 2] = -0.75
+    expect[:, 0] = float("-inf")  # EOS masked before min_new_tokens
+    assert torch.equal(got, expect)
+    assert row_scores(logits, p, step=2, eos_ids=[0], generated=generated)[:, 0].isfinite().all()

@@ -313,6 +313,9 @@ def _row_cases(tok, lm):
         SamplingParams(max_new_tokens=24, temperature=1.2, top_p=0.9, seed=11, stop=[stop], logprobs=1),
         SamplingParams(max_new_tokens=24, temperature=0.8, seed=3, repetition_penalty=1.3, presence_penalty=0.5,
                        frequency_penalty=0.2, min_new_tokens=4),
+        SamplingParams(max_new_tokens=6, logit_bias={ids[3]: 100.0}, ignore_eos=True),
+        SamplingParams(max_new_tokens=12, temperature=1.0, seed=5, logit_bias={ids[3]: 3.0, ids[4]: -100.0},
+                       no_repeat_ngram_size=2),
     ]
 
 
@@ -351,3 +354,5 @@ def test_engine_and_generate_share_the_row_pipeline(lm, tok):
                 assert [[t for t, _ in e.top_logprobs] for e in evs] == res.top_logprob_ids[0].tolist()
     # the cases did end in each way: length, a stop string, a stop token
     assert {("length", "NoneType"), ("stop", "str"), ("stop", "int")} <= reasons
+    biased = [e.token_id for e in results[6]]
+    assert biased == [biased[0]] * 6  # a +100 logit bias wins every step
