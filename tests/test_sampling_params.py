@@ -142,3 +142,20 @@ def test_row_scores_applies_bias_penalties_and_min_new_tokens():
     expect[:, 0] = float("-inf")  # EOS masked before min_new_tokens
     assert torch.equal(got, expect)
     assert row_scores(logits, p, step=2, eos_ids=[0], generated=generated)[:, 0].isfinite().all()
+
+
+def test_generate_takes_a_record_or_hf_keywords_not_both():
+    import swisslm
+    from swisslm.config import ModelConfig
+
+    model = swisslm.AutoModel.from_config(ModelConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=4,
+                                                      num_kv_heads=2, intermediate_size=64), seed=0).eval()
+    ids = torch.tensor([[5, 6, 7]])
+    sp = SamplingParams(max_new_tokens=4, temperature=0.7, seed=3)
+    a = model.generate(ids, sampling=sp, eos_token_id=[])
+    b = model.generate(ids, max_new_tokens=4, do_sample=True, temperature=0.7, seed=3, eos_token_id=[])
+    assert torch.equal(a, b) and a.shape == (1, 7)
+    with pytest.raises(TypeError, match="not both"):
+        model.generate(ids, sampling=sp, temperature=0.5)
+    with pytest.raises(TypeError, match="not both"):
+        model.generate(ids, sampling=sp, top_logprobs=2)

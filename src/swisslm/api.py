@@ -96,6 +96,12 @@ class Model(Transformer):
         server build one); then only batch keywords (num_beams, num_return_sequences, ...) may
         be given besides it."""
         if sampling is not None:
+            hf = dict(max_new_tokens=(max_new_tokens, 32), do_sample=(do_sample, False), temperature=(temperature, 1.0),
+                      top_k=(top_k, 0), top_p=(top_p, 1.0), min_p=(min_p, 0.0), seed=(seed, None), stop=(stop, None),
+                      repetition_penalty=(repetition_penalty, 1.0))
+            given = sorted(k for k, (v, default) in hf.items() if v != default)
+            if given:
+                raise TypeError(f"pass either sampling= or sampling keywords, not both: got {given}")
             cfg = self.generation_config(eos_token_id=eos_token_id, pad_token_id=pad_token_id, sampling=sampling,
                                          num_beams=num_beams, **kwargs)
         else:
