@@ -128,3 +128,14 @@ def test_config_from_dict_unknown_key():
         ModelConfig.from_dict({"hiden_size": 3})
     with pytest.raises(ConfigError, match="norm="):
         ModelConfig(norm="batchnorm")
+
+
+@pytest.mark.parametrize("flags", [[], ["--stream"], ["--chat"], ["--json"]])
+def test_empty_prompt(flags):
+    """Used to be a traceback from the embedding (or an IndexError with --stream), exit 1."""
+    assert_one_line_error(run_cli("generate", "", *flags), "swisslm generate: error: the prompt is empty")
+
+
+def test_missing_gguf_before_load():
+    assert_one_line_error(run_cli("generate", "hi", "--model", "nowhere/model.gguf"),
+                          "--model nowhere/model.gguf: no such file or folder")

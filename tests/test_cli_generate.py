@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture
 def cli(smollm2, monkeypatch):
     monkeypatch.setattr("swisslm.cli.generate.load_model_from_args", lambda args: smollm2)
-    monkeypatch.setattr("swisslm.cli.chat.load_model_from_args", lambda args: smollm2)
+    monkeypatch.setattr("swisslm.cli.common.load_model_from_args", lambda args: smollm2)  # chat, serve
     return smollm2
 
 
@@ -67,3 +67,25 @@ def test_chat_streams_and_keeps_history(cli, capsys, monkeypatch):
     out = capsys.readouterr()
     lines = [line for line in out.out.split("\n") if line]
     assert len(lines) >= 2 and "history cleared" in out.err
+
+
+@pytest.fixture
+def never_loads(monkeypatch):
+    def refuse(args):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr("swisslm.cli.generate.load_model_from_args", refuse)
+    monkeypatch.setattr("swisslm.cli.common.load_model_from_args", refuse)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", PROMPT, "--top-p", "2"], "--top-p must be in (0, 1], got 2.0"),
+    (["generate", PROMPT, "--stream", "--json"], "--stream and --json are exclusive"),
+    (["generate", "", "--chat"], "the prompt is empty"),
+    (["chat", "--min-p", "-0.1"], "--min-p must be in [0, 1]"),
+    (["chat", "--temperature", "-2"], "--temperature must be >= 0"),
+])
+def test_options_are_checked_before_the_load(never_loads, capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

@@ -340,3 +340,20 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
 def test_smollm_full_matches_transformers() -> None:
     """Every one of the 272 tensors of the real file equals transformers' (~40 s in transformers)."""
     _assert_same_as_hf(SMOLLM, read_gguf_config(SMOLLM))
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q8_0])
+def test_fast_block_dequant_is_bit_identical_to_gguf(qtype) -> None:
+    """The whole-array dequantization of the common block types (a load-time speed-up) gives
+    exactly gguf.quants' float32, extremes included (int8 -128, nibbles 0 and 15, signed scales)."""
+    from swisslm.io.gguf import _dequantize_blocks
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((48, 256)).astype(np.float32) * rng.uniform(1e-3, 50, (48, 1)).astype(np.float32)
+    w[3] = 0.0
+    w[5, ::7] = -w[5].max() * 3
+    raw = gguf.quants.quantize(w, qtype)
+    want = gguf.quants.dequantize(raw, qtype)
+    got = _dequantize_blocks(raw, qtype)
+    assert got.dtype == np.float32 and got.flags.writeable
+    assert np.array_equal(got.view(np.uint32), want.reshape(-1).view(np.uint32))

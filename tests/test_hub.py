@@ -177,7 +177,7 @@ def test_cli_missing_repo_id_is_one_line(hub_cache: Path, capsys: pytest.Capture
     assert cli_main(["info", "--model", "org/missing"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert err.startswith("swisslm info: error: org/missing: ")
+    assert err.startswith("swisslm info: error: --model org/missing: ")
     assert str(hub_cache) in err and "huggingface-cli download org/missing" in err
 
 

@@ -63,6 +63,10 @@ def test_importing_params_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+    # and through the real (lazy) top-level package, as the CLI imports it
+    plain = "import swisslm.generation.params, sys; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", plain], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_cli_flags_come_from_the_record():

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_args, load_model_from_args, require_tokenizer
+from .common import add_model_args, load_with_message, require_tokenizer
 from .generate import add_sampling_args, sampling_kwargs
+from .validate import check_sampling
 
 
 def register(sub) -> None:
@@ -17,18 +18,20 @@ def register(sub) -> None:
     add_model_args(p)
     add_sampling_args(p)
     p.add_argument("--system", default=None, help="system prompt")
-    p.set_defaults(func=run, max_new_tokens=512)
+    p.set_defaults(func=run, check=check_sampling, fast_exit=True, max_new_tokens=512)
 
 
 def run(args: argparse.Namespace) -> int:
     kwargs = sampling_kwargs(args)
-    model = load_model_from_args(args)
-    tok = require_tokenizer(model)
     interactive = sys.stdin.isatty()
+    # The banner and a loading line come first, before torch is even imported: the user sees at
+    # once that the command started, and what it is waiting for.
+    if interactive:
+        sys.stderr.write("swisslm chat: /reset clears history, /exit or Ctrl-D leaves\n")
+    model = load_with_message(args)
+    tok = require_tokenizer(model)
     system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict[str, str]] = []
-    if interactive:
-        sys.stderr.write(f"swisslm chat ({model.source}); /reset clears history, Ctrl-D exits\n")
     while True:
         if interactive:
             sys.stderr.write("> ")

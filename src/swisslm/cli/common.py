@@ -1,13 +1,18 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Options and helpers shared by subcommands."""
+"""Options and helpers shared by subcommands.
+
+Importing this module must stay cheap (no torch): every subcommand imports it to build its
+parser, and `swisslm --help` builds them all. torch is imported inside the functions that run
+a command.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+import time
 from typing import Any
-
-import torch
 
 
 class UsageError(ValueError):
@@ -16,8 +21,10 @@ class UsageError(ValueError):
 
 def add_model_args(p: argparse.ArgumentParser, quant: bool = True) -> None:
     p.add_argument("--model", default=None,
-                   help="HF folder or .gguf file (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+                   help="HF folder, .gguf file, or ORG/NAME[@REV][/FILE.gguf] from the local HF cache "
+                        "(default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="weight and activation dtype")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     if quant:
@@ -26,6 +33,8 @@ def add_model_args(p: argparse.ArgumentParser, quant: bool = True) -> None:
 
 
 def set_threads(n: int | None) -> None:
+    import torch
+
     if n is None:
         n = physical_cores()
     if n < 1:
@@ -42,17 +51,42 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
+def load_with_message(args: argparse.Namespace) -> Any:
+    """`load_model_from_args` with a line on stderr first, so a load of seconds is never silent.
+
+    On a terminal the line ends with "ready (N s)" once loaded; otherwise (a pipe, a log file)
+    it is one plain "loading MODEL..." line."""
+    name = args.model or "the embedded SmolLM2-135M-Instruct"
+    tty = sys.stderr.isatty()
+    sys.stderr.write(f"loading {name}..." + (" " if tty else "\n"))
+    sys.stderr.flush()
+    t = time.perf_counter()
+    model = load_model_from_args(args)
+    if tty:
+        sys.stderr.write(f"ready ({time.perf_counter() - t:.1f} s)\n")
+        sys.stderr.flush()
+    return model
+
+
 def load_model_from_args(args: argparse.Namespace) -> Any:
-    from .. import AutoModel
+    from .timings import phase
+
+    with phase("import torch"):
+        import torch
+    with phase("import swisslm"):
+        from .. import AutoModel
 
     set_threads(getattr(args, "threads", None))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
-    model = AutoModel.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+    with phase("load"):
+        path = None if args.model in (None, "default") else args.model  # `default`: the embedded model
+        model = AutoModel.from_pretrained(path, dtype=args.dtype, device=args.device)
     if getattr(args, "quant", None):
         from ..quant import quantize_
 
-        quantize_(model, args.quant)
+        with phase("quantize"):
+            quantize_(model, args.quant)
     return model
 
 

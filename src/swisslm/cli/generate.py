@@ -7,25 +7,24 @@ import argparse
 import json
 import sys
 
-import torch
-
+from . import timings
 from .common import UsageError, add_model_args, check_positive, load_model_from_args, require_tokenizer
+from .timings import phase
+from .validate import check_sampling
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: smallest set with this mass")
+    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the likeliest's probability")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
-    check_positive("--max-new-tokens", args.max_new_tokens)
-    if args.temperature < 0:
-        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    check_sampling(args)
     do_sample = args.temperature > 0
     return dict(max_new_tokens=args.max_new_tokens, do_sample=do_sample,
                 temperature=args.temperature if do_sample else 1.0, top_k=args.top_k, top_p=args.top_p,
@@ -37,17 +36,17 @@ def register(sub) -> None:
     p.add_argument("prompt")
     add_model_args(p)
     add_sampling_args(p)
-    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--num-beams", type=int, default=1, help="beam search width (1 = no beam search)")
     p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score = logprob / len**lp")
-    p.add_argument("--no-repeat-ngram-size", type=int, default=0)
-    p.add_argument("--num-return-sequences", type=int, default=1)
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="forbid repeating n-grams of this size")
+    p.add_argument("--num-return-sequences", type=int, default=1, help="completions to return")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable); never printed")
     p.add_argument("--logprobs", type=int, default=None, metavar="N",
                    help="with --json: each new token's logprob and its N (0-20) best alternatives")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=_check, fast_exit=True)
 
 
 def encode_prompt(tok, prompt: str, chat: bool) -> list[int]:
@@ -58,6 +57,9 @@ def encode_prompt(tok, prompt: str, chat: bool) -> list[int]:
 
 
 def _check(args: argparse.Namespace) -> dict:
+    """Every option check, before the model loads (main() runs it first; run() again for the kwargs)."""
+    if not args.prompt:
+        raise UsageError("the prompt is empty")
     kwargs = sampling_kwargs(args)
     check_positive("--num-beams", args.num_beams)
     check_positive("--num-return-sequences", args.num_return_sequences)
@@ -100,19 +102,37 @@ def _logprob_entries(tok, res, row: int) -> list[dict]:
     return entries
 
 
+def warm_kernels() -> None:
+    """Under SWISSLM_TIMINGS, build (first run: a C compile) or load the CPU decode kernels up
+    front, so their cost is its own line rather than hidden in the first token. Otherwise they
+    are built where first used, as always (and not at all by paths that never use them)."""
+    if not timings.ENABLED:
+        return
+    from .. import kernels
+
+    with phase("kernels"):
+        kernels.available()
+
+
 def run(args: argparse.Namespace) -> int:
     kwargs = _check(args)
     model = load_model_from_args(args)
     tok = require_tokenizer(model)
+    if args.device == "cpu":
+        warm_kernels()
     ids = encode_prompt(tok, args.prompt, args.chat)
     if args.stream:
-        for delta in model.stream(ids, **kwargs):
-            sys.stdout.write(delta)
-            sys.stdout.flush()
+        with phase("generate"):
+            for delta in model.stream(ids, **kwargs):
+                sys.stdout.write(delta)
+                sys.stdout.flush()
         sys.stdout.write("\n")
         return 0
+    import torch
+
     x = torch.tensor([ids], device=args.device)
-    res = model.generate(x, return_dict_in_generate=True, **kwargs)
+    with phase("generate"):
+        res = model.generate(x, return_dict_in_generate=True, **kwargs)
     if args.json:
         rows = []
         for r in range(res.sequences.shape[0]):

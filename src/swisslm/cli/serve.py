@@ -13,7 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from .common import UsageError, add_model_args, check_positive, load_model_from_args, require_tokenizer
+from .common import UsageError, add_model_args, check_positive, load_with_message, require_tokenizer
+from .validate import check_model_args, check_port
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +22,8 @@ logger = logging.getLogger(__name__)
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve the OpenAI-compatible and HF inference APIs")
     add_model_args(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument("--api-key", default=None, help="require this bearer key (default: env SWISSLM_API_KEY)")
     p.add_argument("--served-model-name", default=None,
                    help="the model id clients send (default: the checkpoint's file or folder name)")
@@ -35,7 +36,7 @@ def register(sub) -> None:
     p.add_argument("--max-tokens", type=int, default=4096, help="largest max_tokens a request may ask for")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (413 past it)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check)
 
 
 def served_name(model_arg: str | None) -> str:
@@ -48,23 +49,27 @@ def served_name(model_arg: str | None) -> str:
     return path.stem if path.suffix == ".gguf" else (path.resolve().name or "model")
 
 
+def check(args: argparse.Namespace) -> None:
+    """Option checks that need no model, the port's availability included (main() runs them
+    before run(), so a typo or a busy port costs milliseconds, not a model load)."""
+    for name in ("--max-batch", "--max-model-len", "--max-queue", "--max-tokens", "--max-body-bytes",
+                 "--prefill-chunk"):
+        check_positive(name, getattr(args, name[2:].replace("-", "_")))
+    if args.api_key == "":
+        raise UsageError("--api-key must not be empty")
+    check_port(args.host, args.port)
+
+
 def run(args: argparse.Namespace) -> int:
+    api_key = args.api_key if args.api_key is not None else os.environ.get("SWISSLM_API_KEY") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        logger.warning("serving on %s without an API key: anyone who can reach it can use it", args.host)
+    model = load_with_message(args)
+    require_tokenizer(model)
     import uvicorn
 
     from ..serve import create_app
 
-    for name in ("--port", "--max-batch", "--max-model-len", "--max-queue", "--max-tokens", "--max-body-bytes",
-                 "--prefill-chunk"):
-        check_positive(name, getattr(args, name[2:].replace("-", "_")))
-    if args.port > 65535:
-        raise UsageError(f"--port must be <= 65535, got {args.port}")
-    api_key = args.api_key if args.api_key is not None else os.environ.get("SWISSLM_API_KEY") or None
-    if args.api_key == "":
-        raise UsageError("--api-key must not be empty")
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        logger.warning("serving on %s without an API key: anyone who can reach it can use it", args.host)
-    model = load_model_from_args(args)
-    require_tokenizer(model)
     name = args.served_model_name or served_name(args.model)
     try:
         app = create_app(model, name, api_key=api_key, max_batch=args.max_batch, max_model_len=args.max_model_len,
@@ -90,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_model_args(args)
+        check(args)
         return run(args)
     except (*USER_ERRORS, ValueError) as e:
         sys.stderr.write(f"swisslm serve: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}\n")

@@ -16,8 +16,16 @@ from ..config import ModelConfig
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """On the current default device; the values are always computed on the CPU. (Built under
+    `torch.device("meta")`, tensor math here would run torch's Python meta functions, whose first
+    call imports torch._dynamo: seconds of every model load.)"""
+    return _inv_freq_cpu(cfg).to(torch.get_default_device())
+
+
+def _inv_freq_cpu(cfg: ModelConfig) -> torch.Tensor:
     dim = cfg.rotary_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    arange = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu")
+    inv_freq = 1.0 / (cfg.rope_theta ** (arange.float() / dim))
     scaling = cfg.rope_scaling or {}
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "linear":

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from ..config import ModelConfig
 from ..core.backbone import Transformer
@@ -16,8 +17,20 @@ from ..families import get_family
 M = TypeVar("M", bound=Transformer)
 
 
+class _SkipInit(TorchFunctionMode):
+    """Skips torch.nn.init's fills while a model is built on the meta device: meta tensors hold
+    no values, and `normal_` on a meta tensor goes through torch._refs, whose first call imports
+    torch._dynamo (1-5 s of a CLI start-up). The weights are loaded or `init_weights()`ed after."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
 def build_on_meta(cfg: ModelConfig, model_cls: type[M]) -> M:
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipInit():
         model = model_cls(cfg)
         get_family(cfg.family).attach_modules(model)
         return model
