@@ -11,8 +11,10 @@ import sys
 import pytest
 
 import swisslm
+from swisslm.cli.bench import load_bench
 from swisslm.config import ModelConfig
-from swisslm.quant.bench import format_table
+
+format_table = load_bench("cpu_decode").format_table
 
 
 @pytest.fixture(scope="module")

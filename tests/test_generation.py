@@ -196,7 +196,7 @@ def test_stop_string_across_token_boundaries(tok):
     # the stop string is split over several tokens
     pieces = [tok.decode([t]) for t in scripts[0]]
     assert not any("\nUser:" in p for p in pieces)
-    cfg = GenerationConfig(max_new_tokens=40, stop=["\nUser:", "zzz"], eos_token_id=[eos], pad_token_id=eos)
+    cfg = GenerationConfig.from_hf(max_new_tokens=40, stop=["\nUser:", "zzz"], eos_token_id=[eos], pad_token_id=eos)
     res = run(model, ids, None, cfg, tok)
     assert res.texts[0] == "The answer is 42."
     assert res.finish_reasons[0] == "stop" and res.stop_strings[0] == "\nUser:"
@@ -207,7 +207,7 @@ def test_stop_string_across_token_boundaries(tok):
     assert res.texts[1] == texts[1] and res.finish_reasons[1] == "stop" and res.stop_strings[1] is None
     assert res.num_new_tokens[1] == len(scripts[1]) + 1
     # max_new_tokens: the reason is "length" and the held-back tail is released
-    res = run(model, ids, None, GenerationConfig(max_new_tokens=3, stop=["zzz"], eos_token_id=[eos]), tok)
+    res = run(model, ids, None, GenerationConfig.from_hf(max_new_tokens=3, stop=["zzz"], eos_token_id=[eos]), tok)
     assert res.finish_reasons == ["length", "length"] and res.texts[1] == tok.decode(scripts[1][:3])
 
 
@@ -230,7 +230,7 @@ def test_stream_utf8_emoji_and_cjk(tok):
     model, ids, scripts, eos = _scripted(tok, [EMOJI_CJK])
     # some character really is split across tokens
     assert any("\ufffd" in tok.decode([t]) for t in scripts[0])
-    cfg = GenerationConfig(max_new_tokens=60, eos_token_id=[eos])
+    cfg = GenerationConfig.from_hf(max_new_tokens=60, eos_token_id=[eos])
     s = stream(model, ids, cfg, tok)
     deltas = list(s)
     assert all("\ufffd" not in d for d in deltas)
@@ -248,7 +248,7 @@ def test_stream_utf8_emoji_and_cjk(tok):
 
 def test_stream_never_shows_a_stop_string(tok):
     model, ids, scripts, eos = _scripted(tok, ["Sure 🎉 here:\n###\nsecret"])
-    cfg = GenerationConfig(max_new_tokens=60, eos_token_id=[eos], stop=["\n###"])
+    cfg = GenerationConfig.from_hf(max_new_tokens=60, eos_token_id=[eos], stop=["\n###"])
     s = stream(model, ids, cfg, tok)
     deltas = list(s)
     assert "".join(deltas) == "Sure 🎉 here:" and s.finish_reason == "stop"

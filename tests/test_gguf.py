@@ -19,9 +19,9 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
+from swisslm.families import family_for_gguf
 from swisslm.io.errors import CheckpointError
 from swisslm.io.gguf import (
-    GGUF_ARCHITECTURES,
     gguf_permute_qk,
     gguf_unpermute_qk,
     iter_gguf_tensors,
@@ -277,7 +277,7 @@ def test_formats_round_trip_and_match_transformers(tmp_path: Path) -> None:
     cfg = read_gguf_config(reader)
     assert cfg == read_gguf_config(path)  # an open reader and a path read the same
     assert cfg["tie_word_embeddings"] is False and cfg["rms_norm_eps"] == 1e-6
-    arch = GGUF_ARCHITECTURES["llama"]
+    arch = family_for_gguf("llama").GGUF_NAMES
     ours = dict(iter_gguf_tensors(reader))
     for t in reader.tensors:
         hf_name = arch.hf_name(t.name)[0]

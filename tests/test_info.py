@@ -14,7 +14,8 @@ from hub_helpers import tiny_gguf_type_counts, write_tiny_gguf
 import swisslm
 from swisslm.cli import main as cli_main
 from swisslm.config import ModelConfig
-from swisslm.quant import quantize_, save_quantized
+from swisslm.io.quantized import save_quantized
+from swisslm.quant import quantize_
 from swisslm.quant.api import logical_num_parameters
 
 

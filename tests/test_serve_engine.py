@@ -64,7 +64,7 @@ def test_more_sequences_than_rows_are_token_exact(engine, lm, tok):
     different steps and waiting ones take their rows, all while staying equal to solo greedy."""
     prompts = [f"prompt {i} " + "x " * i for i in range(10)]
     lengths = [3 + 4 * (i % 3) for i in range(10)]
-    jobs = [(p, SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)) for p, n in zip(prompts, lengths)]
+    jobs = [(p, SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True)) for p, n in zip(prompts, lengths)]
     refs = []
     engine.stop()  # the reference runs on the same weights; give it the cache back meanwhile
     for p, n in zip(prompts, lengths):
@@ -79,7 +79,7 @@ def test_more_sequences_than_rows_are_token_exact(engine, lm, tok):
 
 
 def test_late_joiner_does_not_change_running_rows(engine, tok):
-    sp = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)
+    sp = SamplingParams(max_new_tokens=30, temperature=0.0, ignore_eos=True)
     alone, _ = run(engine, tok, [("steady stream of words", sp)])
     mixed, _ = run(engine, tok, [("steady stream of words", sp), ("a latecomer", sp), ("another one", sp)],
                    stagger=0.01)
@@ -87,25 +87,25 @@ def test_late_joiner_does_not_change_running_rows(engine, tok):
 
 
 def test_seeded_sampling_ignores_neighbours(engine, tok):
-    sp = SamplingParams(max_tokens=20, temperature=0.9, top_k=50, seed=7, ignore_eos=True)
+    sp = SamplingParams(max_new_tokens=20, temperature=0.9, top_k=50, seed=7, ignore_eos=True)
     alone, _ = run(engine, tok, [("seeded", sp)])
-    noisy = SamplingParams(max_tokens=20, temperature=1.3, ignore_eos=True)
+    noisy = SamplingParams(max_new_tokens=20, temperature=1.3, ignore_eos=True)
     mixed, _ = run(engine, tok, [("other", noisy), ("seeded", sp), ("more", noisy)])
     assert [e.token_id for e in mixed[1]] == [e.token_id for e in alone[0]]
 
 
 def test_stop_strings_and_eos(engine, tok):
-    sp = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    sp = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True)
     (evs,), _ = run(engine, tok, [("stop test", sp)])
     text = "".join(e.text for e in evs)
     stop = text[4:7]
-    (cut,), _ = run(engine, tok, [("stop test", SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True,
+    (cut,), _ = run(engine, tok, [("stop test", SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True,
                                                                stop=[stop]))])
     assert "".join(e.text for e in cut) == text[: text.find(stop)]
     assert cut[-1].finish_reason == "stop" and cut[-1].stop_reason == stop
     # A stop token id ends the sequence with 'stop' and its text is not shown.
     first = evs[2].token_id
-    (ended,), _ = run(engine, tok, [("stop test", SamplingParams(max_tokens=12, temperature=0.0,
+    (ended,), _ = run(engine, tok, [("stop test", SamplingParams(max_new_tokens=12, temperature=0.0,
                                                                  stop_token_ids=[first]))])
     assert [e.token_id for e in ended][-1] == first and ended[-1].finish_reason == "stop"
     assert ended[-1].stop_reason == first
@@ -117,7 +117,7 @@ def test_cancel_frees_the_row_and_queue_is_bounded(lm, tok):
     eng.start()
     try:
         got = []
-        sp = SamplingParams(max_tokens=150, temperature=0.0, ignore_eos=True)
+        sp = SamplingParams(max_new_tokens=150, temperature=0.0, ignore_eos=True)
         seqs = [Sequence(tok.encode("long"), sp, got.append, tok, eng.eos_ids) for _ in range(3)]
         eng.submit(seqs[:1])
         deadline = time.monotonic() + 10
@@ -147,7 +147,7 @@ def test_stop_fails_pending_sequences(lm, tok):
     eng = Engine(lm, max_batch=1, max_model_len=200)
     eng.start()
     got = []
-    eng.submit([Sequence(tok.encode("x"), SamplingParams(max_tokens=190, temperature=0.0, ignore_eos=True),
+    eng.submit([Sequence(tok.encode("x"), SamplingParams(max_new_tokens=190, temperature=0.0, ignore_eos=True),
                          got.append, tok, eng.eos_ids)])
     eng.stop()
     assert got and got[-1].finish_reason in ("abort", "length")
@@ -175,15 +175,14 @@ def test_chunked_prefill_is_exact_and_interleaves_with_decode(lm, tok):
             if ev.finish_reason:
                 done.set()
 
-        sp = SamplingParams(temperature=0.0, ignore_eos=True)
-        short = Sequence(tok.encode("short"), SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True),
+        sp = SamplingParams(max_new_tokens=6, temperature=0.0, ignore_eos=True)
+        short = Sequence(tok.encode("short"), SamplingParams(max_new_tokens=40, temperature=0.0, ignore_eos=True),
                          sink_short, tok, eng.eos_ids)
         eng.submit([short])
         deadline = time.monotonic() + 10
         while len(events[1]) < 2 and time.monotonic() < deadline:
             time.sleep(0.002)
         n_before = len(events[1])
-        sp.max_tokens = 6
         eng.submit([Sequence(tok.encode(long_prompt), sp, sink_long, tok, eng.eos_ids)])
         assert done.wait(60)
         while not short.finished and time.monotonic() < deadline + 30:
@@ -212,7 +211,7 @@ def test_quantized_model_is_served_token_exact(tok, scheme):
     eng = Engine(lm, max_batch=4, max_model_len=128)
     eng.start()
     try:
-        events = [run(eng, tok, [(p, SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True))])[0][0]
+        events = [run(eng, tok, [(p, SamplingParams(max_new_tokens=10, temperature=0.0, ignore_eos=True))])[0][0]
                   for p in prompts]
     finally:
         eng.stop()
@@ -293,3 +292,67 @@ def test_cli_serve_end_to_end(tok, tmp_path):
     # uvicorn shuts down gracefully, then re-raises the captured SIGTERM so supervisors see it.
     assert rc in (0, -signal.SIGTERM)
     assert b"Traceback" not in proc.stderr.read()
+
+
+def _row_cases(tok, lm):
+    """Requests that exercise every part of the row decoder: greedy and seeded sampling,
+    logprobs with alternatives, a stop string taken from the unstopped text, a stop token id,
+    penalties."""
+    prompt = "The row pipeline"
+    lm.clear_cache()
+    free = lm.generate(torch.tensor([tok.encode(prompt)]), sampling=SamplingParams(max_new_tokens=24, ignore_eos=True),
+                       return_dict_in_generate=True)
+    text, ids = free.texts[0], free.new_tokens(0)
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    assert stop.strip(), "the test needs visible text to stop on"
+    return prompt, [
+        SamplingParams(max_new_tokens=24, logprobs=3, ignore_eos=True),
+        SamplingParams(max_new_tokens=24, logprobs=0, stop=[stop], ignore_eos=True),
+        SamplingParams(max_new_tokens=24, stop_token_ids=[ids[5]], ignore_eos=True),
+        SamplingParams(max_new_tokens=24, temperature=0.9, top_k=50, seed=7, logprobs=2),
+        SamplingParams(max_new_tokens=24, temperature=1.2, top_p=0.9, seed=11, stop=[stop], logprobs=1),
+        SamplingParams(max_new_tokens=24, temperature=0.8, seed=3, repetition_penalty=1.3, presence_penalty=0.5,
+                       frequency_penalty=0.2, min_new_tokens=4),
+        SamplingParams(max_new_tokens=6, logit_bias={ids[3]: 100.0}, ignore_eos=True),
+        SamplingParams(max_new_tokens=12, temperature=1.0, seed=5, logit_bias={ids[3]: 3.0, ids[4]: -100.0},
+                       no_repeat_ngram_size=2),
+    ]
+
+
+def test_engine_and_generate_share_the_row_pipeline(lm, tok):
+    """The same request through `Model.generate`, `Model.stream` and the serving engine gives the
+    same tokens, text, finish and stop reason and logprobs (greedy and seeded sampling): both
+    choose tokens with row_scores + choose_tokens and decode them with one RowDecoder."""
+    prompt, cases = _row_cases(tok, lm)
+    ids = tok.encode(prompt)
+    refs = []
+    for sp in cases:
+        lm.clear_cache()
+        res = lm.generate(torch.tensor([ids]), sampling=sp, return_dict_in_generate=True)
+        lm.clear_cache()
+        streamed = lm.stream(ids, sampling=sp)
+        refs.append((res, "".join(streamed), streamed))
+    eng = Engine(lm, max_batch=4, max_model_len=200)
+    eng.start()
+    try:
+        results, _ = run(eng, tok, [(prompt, sp) for sp in cases])
+    finally:
+        eng.stop()
+    reasons = set()
+    for sp, (res, streamed_text, streamed), evs in zip(cases, refs, results):
+        tokens = [e.token_id for e in evs]
+        assert tokens == res.new_tokens(0) == streamed.token_ids
+        assert "".join(e.text for e in evs) == res.texts[0] == streamed_text
+        assert evs[-1].finish_reason == res.finish_reasons[0] == streamed.finish_reason
+        stop_string = evs[-1].stop_reason if isinstance(evs[-1].stop_reason, str) else None
+        assert stop_string == res.stop_strings[0]
+        reasons.add((evs[-1].finish_reason, type(evs[-1].stop_reason).__name__))
+        if sp.logprobs is not None:
+            got = torch.tensor([e.logprob for e in evs])
+            torch.testing.assert_close(got, res.logprobs[0], atol=1e-4, rtol=0)
+            if sp.logprobs:
+                assert [[t for t, _ in e.top_logprobs] for e in evs] == res.top_logprob_ids[0].tolist()
+    # the cases did end in each way: length, a stop string, a stop token
+    assert {("length", "NoneType"), ("stop", "str"), ("stop", "int")} <= reasons
+    biased = [e.token_id for e in results[6]]
+    assert biased == [biased[0]] * 6  # a +100 logit bias wins every step

@@ -16,11 +16,19 @@ import torch
 
 from .config import ModelConfig
 from .core.backbone import Transformer
-from .generation import GenerationConfig, GenerationResult, LoglikelihoodResult, TextStream, loglikelihood, stream
+from .generation.config import GenerationConfig, GenerationResult
 from .generation.generate import run as run_generation
+from .generation.params import SamplingParams
+from .generation.rows import resolve_eos
+from .generation.scoring import LoglikelihoodResult, loglikelihood
+from .generation.streaming import TextStream, stream
+from .io.build import new_model
 from .io.embedded import default_model_path
 from .io.hub import resolve_model
-from .io.loader import SourceFormat, build_on_meta, dtype_name, load_model, materialize_buffers, parse_dtype, save_hf
+from .io.loader import SourceFormat, dtype_name, load_model, parse_dtype, save_hf
+
+# GenerationConfig's own fields besides the rows' params: allowed next to sampling=
+_BATCH_KEYWORDS = frozenset(f.name for f in dataclasses.fields(GenerationConfig)) - {"params"}
 
 
 class Model(Transformer):
@@ -36,23 +44,25 @@ class Model(Transformer):
         max_new_tokens: int = 32,
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
+        sampling: SamplingParams | None = None,
         **kwargs: Any,
     ) -> GenerationConfig:
         """A GenerationConfig with this checkpoint's EOS ids (tokenizer's stop ids, else the
-        config's) and pad id filled in; kwargs are GenerationConfig fields."""
-        if eos_token_id is None:
-            eos = list(getattr(self.tokenizer, "eos_token_ids", None) or []) or self.config.eos_ids
-        else:
-            eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        config's) and pad id filled in. The rows' sampling comes from `sampling` (a
+        SamplingParams, as the CLI and the server build it) or from HF's keywords in kwargs
+        (do_sample, temperature, top_k, ...); other kwargs are GenerationConfig's batch fields."""
+        eos = resolve_eos(self.tokenizer, self.config) if eos_token_id is None else eos_token_id
         if pad_token_id is None:
             pad_token_id = self.config.pad_token_id
         if kwargs.get("stop") is None:
             kwargs.pop("stop", None)
-        unknown = set(kwargs) - {f.name for f in dataclasses.fields(GenerationConfig)}
-        if unknown:
-            raise TypeError(f"generate() got unexpected keyword arguments: {sorted(unknown)}")
-        return GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad_token_id,
-                                **kwargs)
+        if sampling is None:
+            return GenerationConfig.from_hf(max_new_tokens=max_new_tokens, eos_token_id=eos,
+                                            pad_token_id=pad_token_id, **kwargs)
+        given = set(kwargs) - _BATCH_KEYWORDS
+        if given:
+            raise TypeError(f"pass either sampling= or sampling keywords, not both: got {sorted(given)}")
+        return GenerationConfig(sampling, eos_token_id=eos, pad_token_id=pad_token_id, **kwargs)
 
     @torch.no_grad()
     def generate(
@@ -72,6 +82,7 @@ class Model(Transformer):
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
         return_dict_in_generate: bool = False,
+        sampling: SamplingParams | None = None,
         **kwargs: Any,
     ) -> torch.Tensor | GenerationResult:
         """HF-like: returns (B * num_return_sequences, T + new) token ids; with
@@ -79,12 +90,26 @@ class Model(Transformer):
         beam `sequences_scores`). Other kwargs are GenerationConfig fields: length_penalty,
         early_stopping, num_return_sequences, no_repeat_ngram_size, logprobs, top_logprobs,
         prompt_logprobs. Stop strings end a row once its decoded text contains one; the ids
-        then include the token that completed it, the result's texts stop before it."""
-        cfg = self.generation_config(
-            max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-            do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-            repetition_penalty=repetition_penalty, num_beams=num_beams, seed=seed, stop=stop, **kwargs)
-        if (cfg.logprobs or cfg.prompt_logprobs) and not return_dict_in_generate:
+        then include the token that completed it, the result's texts stop before it.
+
+        `sampling`: a SamplingParams record instead of the HF sampling keywords (the CLI and the
+        server build one); then only batch keywords (num_beams, num_return_sequences, ...) may
+        be given besides it."""
+        if sampling is not None:
+            hf = dict(max_new_tokens=(max_new_tokens, 32), do_sample=(do_sample, False), temperature=(temperature, 1.0),
+                      top_k=(top_k, 0), top_p=(top_p, 1.0), min_p=(min_p, 0.0), seed=(seed, None), stop=(stop, None),
+                      repetition_penalty=(repetition_penalty, 1.0))
+            given = sorted(k for k, (v, default) in hf.items() if v != default)
+            if given:
+                raise TypeError(f"pass either sampling= or sampling keywords, not both: got {given}")
+            cfg = self.generation_config(eos_token_id=eos_token_id, pad_token_id=pad_token_id, sampling=sampling,
+                                         num_beams=num_beams, **kwargs)
+        else:
+            cfg = self.generation_config(
+                max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                repetition_penalty=repetition_penalty, num_beams=num_beams, seed=seed, stop=stop, **kwargs)
+        if (cfg.params.logprobs is not None or cfg.prompt_logprobs is not None) and not return_dict_in_generate:
             raise ValueError("logprobs come in the GenerationResult: pass return_dict_in_generate=True")
         res = run_generation(self, input_ids, attention_mask, cfg, self.tokenizer)
         return res if return_dict_in_generate else res.sequences
@@ -212,10 +237,4 @@ class AutoModel:
     def from_config(cfg: ModelConfig, dtype: str | torch.dtype = "float32", device: str = "cpu",
                     seed: int | None = None) -> Model:
         """A randomly initialised model (for training from scratch and tests)."""
-        model = build_on_meta(cfg, Model)
-        model.to_empty(device=device)
-        materialize_buffers(model, device)
-        if seed is not None:
-            torch.manual_seed(seed)
-        model.init_weights()
-        return model.to(parse_dtype(dtype))
+        return new_model(cfg, Model, parse_dtype(dtype), device, seed)

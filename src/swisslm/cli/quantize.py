@@ -29,7 +29,8 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import AutoModel
-    from ..quant import quantize_, save_quantized
+    from ..io.quantized import save_quantized
+    from ..quant import quantize_
 
     dst = Path(args.dst)
     if dst.exists() and not dst.is_dir():

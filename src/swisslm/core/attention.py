@@ -1,13 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """Self-attention: fused qkv projection, GQA, rotary, static KV cache, SDPA.
 
-Attention backends live in ATTENTION_FUNCTIONS with one signature (HF's registry idea); the
-`attention_fn` slot defaults to SDPA.
+Attention functions share one signature (q, k, v, mask, scale, is_causal); the `attention_fn`
+slot defaults to SDPA, `eager_attention` is the reference maths.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -58,9 +56,6 @@ def eager_attention(q, k, v, mask, scale, is_causal):
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     return scores.softmax(-1).to(q.dtype) @ v
-
-
-ATTENTION_FUNCTIONS: dict[str, Callable] = {"sdpa": sdpa_attention, "eager": eager_attention}
 
 
 class QKVTransform(nn.Module):

@@ -19,11 +19,20 @@ from .attention import Attention
 from .fused_step import fused_layer_step, fused_stack_step
 from .kv_cache import KVCache
 from .linear import Linear
-from .mlp import build_mlp
+from .mlp import GatedMLP, PlainMLP
+from .moe import MoE
 from .norms import build_norm
 from .rope import rope_cos_sin, rope_inv_freq
 from .slots import SlotHost, set_slot
 
+
+def build_mlp(cfg: ModelConfig) -> nn.Module:
+    """The block's feed-forward: MoE when the config has experts, else the gated / plain MLP
+    (here rather than in mlp.py, which moe.py builds on: no mlp <-> moe import cycle)."""
+    if cfg.num_experts:
+        return MoE(cfg)
+    cls = GatedMLP if cfg.mlp == "gated" else PlainMLP
+    return cls(cfg.hidden_size, cfg.intermediate_size, cfg.activation, cfg.mlp_bias)
 
 class ModelOutput(NamedTuple):
     logits: torch.Tensor | None

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels
-from ..config import ModelConfig
 from .linear import Linear
 
 ACTIVATIONS = {
@@ -46,12 +45,3 @@ class PlainMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(self.act(self.up(x)))
-
-
-def build_mlp(cfg: ModelConfig) -> nn.Module:
-    if cfg.num_experts:
-        from .moe import MoE  # only MoE configs pay for the import
-
-        return MoE(cfg)
-    cls = GatedMLP if cfg.mlp == "gated" else PlainMLP
-    return cls(cfg.hidden_size, cfg.intermediate_size, cfg.activation, cfg.mlp_bias)

@@ -2,8 +2,9 @@
 """Family registry: one small file per family, keyed on HF `architectures` / `model_type`.
 
 A family translates HF's config.json to and from ModelConfig and declares its weight map as
-data (io/weight_map.py). Structural differences are ModelConfig fields, so a family never
-subclasses the backbone.
+data (weight_map.py) and, when llama.cpp has the architecture, its GGUF names (gguf_names.py):
+one registry for HF folders and GGUF files. Structural differences are ModelConfig fields, so a
+family never subclasses the backbone.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import importlib
 from typing import Any, ClassVar
 
 from ..config import ConfigError, ModelConfig
-from ..io.weight_map import WeightMap
+from .gguf_names import GGUFNames
+from .weight_map import WeightMap
 
 FAMILIES: dict[str, type[Family]] = {}  # family name -> class
 _BY_ARCH: dict[str, type[Family]] = {}
 _BY_MODEL_TYPE: dict[str, type[Family]] = {}
+_BY_GGUF_ARCH: dict[str, type[Family]] = {}
 
 # Imported lazily by `get_family` so that importing swisslm stays cheap.
 _FAMILY_MODULES = ("llama", "granite", "granite_moe", "olmoe", "gpt_neox", "bert")
@@ -29,6 +32,8 @@ def register_family(cls: type[Family]) -> type[Family]:
     for arch in cls.architectures:
         _BY_ARCH[arch] = cls
     _BY_MODEL_TYPE[cls.model_type] = cls
+    for arch in cls.__dict__.get("gguf_architectures", ()):  # declared here, not inherited
+        _BY_GGUF_ARCH[arch] = cls
     return cls
 
 
@@ -59,6 +64,18 @@ def family_for_hf_config(hf: dict[str, Any]) -> type[Family]:
         f"unsupported architecture {hf.get('architectures') or hf.get('model_type')!r}; "
         f"supported: {sorted(_BY_ARCH)}"
     )
+
+
+def family_for_gguf(arch: str) -> type[Family] | None:
+    """The family that reads llama.cpp's `general.architecture` = arch, or None."""
+    _load_all()
+    return _BY_GGUF_ARCH.get(arch)
+
+
+def gguf_architectures() -> list[str]:
+    """llama.cpp architectures some family reads."""
+    _load_all()
+    return sorted(_BY_GGUF_ARCH)
 
 
 def hf_get(hf: dict[str, Any], key: str, default: Any = _REQUIRED) -> Any:
@@ -92,6 +109,8 @@ class Family:
     architectures: ClassVar[tuple[str, ...]]
     model_type: ClassVar[str]
     WEIGHT_MAP: ClassVar[WeightMap]
+    gguf_architectures: ClassVar[tuple[str, ...]] = ()  # llama.cpp names this family reads
+    GGUF_NAMES: ClassVar[GGUFNames | None] = None
 
     @classmethod
     def config_from_hf(cls, hf: dict[str, Any]) -> ModelConfig:

@@ -25,9 +25,9 @@ from torch import nn
 
 from ..config import ConfigError, ModelConfig
 from ..core.backbone import ModelOutput
-from ..io.weight_map import Part, WeightMap
 from . import Family, common_from_hf, hf_get, register_family
-from .llama import _ACT_BACK, activation_from_hf, qkv_sizes
+from .llama import ACT_TO_HF, activation_from_hf, qkv_sizes
+from .weight_map import Part, WeightMap
 
 _L = "encoder.layer.{layer}."
 
@@ -128,7 +128,7 @@ class Bert(Family):
     def config_to_hf(cls, cfg: ModelConfig) -> dict[str, Any]:
         return {
             **cls.common_to_hf(cfg),
-            "hidden_act": _ACT_BACK[cfg.activation],
+            "hidden_act": ACT_TO_HF[cfg.activation],
             "max_position_embeddings": cfg.max_position_embeddings,
             "type_vocab_size": cfg.type_vocab_size,
             "layer_norm_eps": cfg.norm_eps,

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from ..config import ConfigError, ModelConfig
-from ..io.weight_map import Transform, WeightMap
 from . import Family, common_from_hf, hf_get, register_family
-from .llama import _ACT_BACK, activation_from_hf
+from .llama import ACT_TO_HF, activation_from_hf
+from .weight_map import Transform, WeightMap
 
 
 def neox_deinterleave_qkv(t: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
@@ -100,7 +100,7 @@ class GPTNeoX(Family):
             raise ConfigError("GPT-NeoX needs num_kv_heads == num_heads and head_dim == hidden_size / num_heads")
         return {
             **cls.common_to_hf(cfg),
-            "hidden_act": _ACT_BACK[cfg.activation],
+            "hidden_act": ACT_TO_HF[cfg.activation],
             "max_position_embeddings": cfg.max_position_embeddings,
             "layer_norm_eps": cfg.norm_eps,
             "attention_bias": cfg.attn_bias,

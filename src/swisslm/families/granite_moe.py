@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ModelConfig
-from ..io.weight_map import WeightMap
 from . import hf_get, register_family
 from .granite import Granite
 from .llama import Llama
+from .weight_map import WeightMap
 
 _MOE = "model.layers.{layer}.block_sparse_moe."
 

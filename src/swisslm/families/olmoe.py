@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ModelConfig
-from ..io.weight_map import Part, WeightMap
 from . import hf_get, register_family
 from .granite_moe import ATTENTION_AND_NORMS
 from .llama import Llama
+from .weight_map import Part, WeightMap
 
 
 def expert_gate_up_sizes(cfg: ModelConfig) -> list[int]:

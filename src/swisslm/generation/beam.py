@@ -23,8 +23,10 @@ from typing import Any
 
 import torch
 
-from .generate import GenerationConfig, GenerationResult, mask_eos, prepare_cache
-from .sampling import process_logits
+from .cache import prepare_cache
+from .config import GenerationConfig, GenerationResult
+from .rows import stop_token_set
+from .sampling import make_generator, row_scores
 
 _NEG = -1.0e9  # HF's "impossible" score
 
@@ -61,25 +63,27 @@ def beam_search(
     cfg: GenerationConfig,
     tokenizer: Any = None,
 ) -> GenerationResult:
-    if cfg.stop:
+    p = cfg.params
+    if p.stop:
         raise ValueError("stop strings are not supported with beam search (use eos_token_id)")
-    if cfg.logprobs or cfg.prompt_logprobs:
+    if p.logprobs is not None or cfg.prompt_logprobs is not None:
         raise ValueError("logprobs are not supported with beam search (sequences_scores has the beam scores)")
     B, T = input_ids.shape
     nb = cfg.num_beams
     device = input_ids.device
-    max_length = T + cfg.max_new_tokens
+    max_length = T + p.max_new_tokens
     fill = cfg.fill_id
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     amask = attention_mask.to(device).long()
-    if cfg.max_new_tokens == 0:
+    if p.max_new_tokens == 0:
         ids = input_ids.repeat_interleave(cfg.num_return_sequences, 0)
         N = ids.shape[0]
         return GenerationResult(ids, T, [0] * N, ["length"] * N, [None] * N, [""] * N if tokenizer else None,
                                 sequences_scores=torch.zeros(N))
-    eos = torch.tensor(cfg.eos_token_id, dtype=torch.long, device=device)
-    keep = max(2, 1 + len(cfg.eos_token_id)) * nb
+    eos_ids = sorted(stop_token_set(p, cfg.eos_token_id))
+    eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
+    keep = max(2, 1 + len(eos_ids)) * nb
     top_num_beam_mask = torch.arange(keep, device=device) < nb  # the first num_beams of the K
     early, lp_pow = cfg.early_stopping, cfg.length_penalty
 
@@ -91,7 +95,7 @@ def beam_search(
     beam_scores = torch.full((B, nb), _NEG, dtype=torch.float, device=device)
     is_sent_finished = torch.zeros(B, nb, dtype=torch.bool, device=device)
     unsatisfied = torch.ones(B, 1, dtype=torch.bool, device=device)  # can still improve
-    running_beam_indices = torch.full((B, nb, cfg.max_new_tokens), -1, dtype=torch.int32, device=device)
+    running_beam_indices = torch.full((B, nb, p.max_new_tokens), -1, dtype=torch.int32, device=device)
     beam_indices = running_beam_indices.clone()
     batch_offset = torch.arange(B, device=device)[:, None] * nb
 
@@ -109,32 +113,26 @@ def beam_search(
     next_pos = (positions[:, -1] + 1).repeat_interleave(nb, 0)
     pad_prompt = (amask == 0).repeat_interleave(nb, 0)  # (B*nb, T)
     generator = None
-    if cfg.do_sample:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(cfg.seed if isinstance(cfg.seed, int) else
-                              int(torch.randint(0, 2**62, (1,)).item()))
+    if not p.greedy:
+        generator = make_generator(p.seed, device)
 
     cur_len = T
     while True:
         V = logits.shape[-1]
-        log_probs = mask_eos(torch.log_softmax(logits, dim=-1), cfg, cur_len - T)
-        if cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram_size or cfg.do_sample:
-            flat = running_sequences[:, :, :cur_len].reshape(B * nb, cur_len)
-            seen = ngram = None
-            if cfg.repetition_penalty != 1.0:
-                seen = flat.clone()
-                seen[:, :T] = torch.where(pad_prompt, flat[:, T - 1 : T], flat[:, :T])
-            if cfg.no_repeat_ngram_size:
-                ngram = flat.clone()
-                ngram[:, :T] = flat[:, :T].masked_fill(pad_prompt, -1)
-            log_probs = process_logits(log_probs, seen, temperature=cfg.temperature, top_k=cfg.top_k,
-                                       top_p=cfg.top_p, min_p=cfg.min_p, repetition_penalty=cfg.repetition_penalty,
-                                       do_sample=cfg.do_sample, no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-                                       ngram_seq=ngram)
+        flat = running_sequences[:, :, :cur_len].reshape(B * nb, cur_len)
+        seen = ngram = None
+        if p.repetition_penalty != 1.0:
+            seen = flat.clone()
+            seen[:, :T] = torch.where(pad_prompt, flat[:, T - 1 : T], flat[:, :T])
+        if p.no_repeat_ngram_size:
+            ngram = flat.clone()
+            ngram[:, :T] = flat[:, :T].masked_fill(pad_prompt, -1)
+        log_probs = row_scores(torch.log_softmax(logits, dim=-1), p, step=cur_len - T, eos_ids=eos_ids,
+                               seen=seen, ngram_seq=ngram, generated=flat[:, T:])
         acc = (log_probs.view(B, nb, V) + running_beam_scores[:, :, None]).view(B, nb * V)
 
         # top-K continuations over all beams of each prompt
-        if cfg.do_sample:
+        if not p.greedy:
             topk_indices = torch.multinomial(torch.softmax(acc, dim=-1), keep, generator=generator)
             topk_log_probs = acc.gather(1, topk_indices)
         else:
@@ -202,7 +200,7 @@ def beam_search(
     out_len = T + int(lengths.max())
     sequences = sequences[:, :out_len]
     num_new = lengths.tolist()
-    eos_set = set(cfg.eos_token_id)
+    eos_set = set(eos_ids)
     reasons = ["stop" if n and int(sequences[r, T + n - 1]) in eos_set else "length" for r, n in enumerate(num_new)]
     texts = None
     if tokenizer is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-MAX_TOP_LOGPROBS = 20  # OpenAI's limit for `top_logprobs`
+from .params import MAX_TOP_LOGPROBS  # noqa: F401  (re-exported: OpenAI's limit)
 
 
 def token_logprobs(

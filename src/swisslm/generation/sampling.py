@@ -1,10 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """Logits processors and token choice, in HF's order: repetition penalty, then temperature,
-top-k, top-p, min-p. All are pure tensor functions of (B, V) logits."""
+top-k, top-p, min-p. All are pure tensor functions of (B, V) logits. `row_scores` applies a
+`SamplingParams` record to rows that share it and `choose_tokens` picks their tokens: the one
+token-choice path of generate(), stream() and the serving engine."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
+
+from .params import SamplingParams
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -91,19 +97,67 @@ def process_logits(
     return apply_min_p(logits, min_p)
 
 
-def sample(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Draw one token per row (B, V) -> (B,) from one generator shared by the batch."""
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+def row_scores(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    *,
+    step: int = 0,
+    eos_ids: Iterable[int] = (),
+    seen: torch.Tensor | None = None,
+    ngram_seq: torch.Tensor | None = None,
+    generated: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The processed scores (B, V) fp32 of rows that share `params`, ready for `choose_tokens`.
+
+    `step`: tokens generated so far (EOS ids are masked while step < min_new_tokens);
+    `seen` / `ngram_seq`: as `process_logits`; `generated` (B, n): the row's generated tokens, for
+    the presence / frequency penalties (entries < 0 are ignored). Order: min-new-tokens EOS mask,
+    logit bias, presence / frequency penalties (OpenAI), then `process_logits` (HF's order).
+    """
+    p = params
+    logits = logits.float()
+    eos = list(eos_ids)
+    if step < p.min_new_tokens and eos:
+        logits = logits.index_fill(1, torch.tensor(eos, device=logits.device), float("-inf"))
+    if p.logit_bias:
+        ids = torch.tensor(list(p.logit_bias), device=logits.device)
+        bias = torch.tensor(list(p.logit_bias.values()), device=logits.device)
+        logits = logits.index_add(1, ids, bias.expand(logits.shape[0], -1))
+    if (p.presence_penalty or p.frequency_penalty) and generated is not None and generated.numel():
+        counts = torch.zeros_like(logits)
+        valid = generated >= 0
+        counts.scatter_add_(1, generated.clamp(min=0).long(), valid.to(logits.dtype))
+        logits = logits - p.frequency_penalty * counts - p.presence_penalty * (counts > 0).to(logits.dtype)
+    return process_logits(logits, seen, temperature=p.temperature if not p.greedy else 1.0, top_k=p.top_k,
+                          top_p=p.top_p, min_p=p.min_p, repetition_penalty=p.repetition_penalty,
+                          do_sample=not p.greedy, no_repeat_ngram_size=p.no_repeat_ngram_size, ngram_seq=ngram_seq)
 
 
-def sample_rows(logits: torch.Tensor, generators: list[torch.Generator | None],
-                active: list[bool]) -> torch.Tensor:
-    """Draw one token per row, row r from its own generator: a row's draws then depend only on
-    its own seed and logits, never on its batch neighbours. Inactive rows get token 0."""
-    probs = logits.softmax(-1)
-    out = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-    for r, (g, on) in enumerate(zip(generators, active)):
-        if on:
-            out[r] = torch.multinomial(probs[r : r + 1], 1, generator=g)[0, 0]
-    return out
+def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator:
+    """A row's random generator on the logits' device: seeded as given, else from torch's global
+    RNG (so `torch.manual_seed` makes unseeded sampling reproducible)."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+    return g
+
+
+def choose_tokens(scores: torch.Tensor, greedy: bool,
+                  generators: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+    """One token per row (B, V) -> (B,): argmax when greedy, else a draw from softmax(scores).
+
+    Sampling is the exponential-race form of the Gumbel-max trick (gpt-fast's
+    `multinomial_sample_one_no_sync`): argmax(probs / E), E ~ Exp(1), draws token i with
+    probability probs[i] and, unlike torch.multinomial, needs no host sync. `generators`: one
+    shared by the batch, or one per row, so a seeded row's draws depend only on its own seed and
+    logits, never on its batch neighbours.
+    """
+    if greedy:
+        return scores.argmax(-1)
+    probs = scores.softmax(-1)
+    race = torch.empty_like(probs)
+    if isinstance(generators, list):
+        for r, g in enumerate(generators):
+            race[r].exponential_(1, generator=g)
+    else:
+        race.exponential_(1, generator=generators)
+    return torch.argmax(probs / race, dim=-1)

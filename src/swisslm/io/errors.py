@@ -1,13 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Errors raised while reading checkpoints, kept in their own module so every loader shares one type."""
+"""io/'s name for CheckpointError (the type lives in swisslm/errors.py, below every layer that
+raises it)."""
 
 from __future__ import annotations
 
+from ..errors import CheckpointError
 
-class CheckpointError(ValueError):
-    """A checkpoint (file or folder) is missing, corrupt, or of an unsupported kind.
-
-    The message is one line naming the file and what is wrong, so the CLI can print it as is
-    (exit status 2, no traceback). It subclasses ValueError so callers that catch bad input
-    generically still catch it.
-    """
+__all__ = ["CheckpointError"]

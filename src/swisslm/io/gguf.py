@@ -16,8 +16,9 @@ Parsing the header is not free: `GGUFReader` builds a few numpy views per vocabu
 reader here therefore also accepts an open reader from `open_gguf`, so a loader parses the header
 once for config, tensors and tokenizer, and can drop the reader when it is done.
 
-Architectures are a registry (`GGUF_ARCHITECTURES`, llama.cpp's `general.architecture` ->
-converter), as CTranslate2 registers one loader per architecture; add an entry for a new one.
+Architectures come from the family registry: a family file declares the llama.cpp names it
+reads (`gguf_architectures`) and their config / tensor-name maps (`GGUF_NAMES`, see
+families/gguf_names.py) next to its HF weight map; this module only reads the file.
 """
 
 from __future__ import annotations
@@ -25,10 +26,8 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
-import re
 import struct
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,9 +37,14 @@ import tokenizers
 import torch
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
-from swisslm.io.errors import CheckpointError
-from swisslm.io.gguf_header import FastGGUF
-from swisslm.io.tokenizer import Tokenizer
+from ..errors import CheckpointError
+from ..families import family_for_gguf, gguf_architectures
+from ..families.gguf_names import GGUFNames, gguf_permute_qk, gguf_unpermute_qk
+from .gguf_header import FastGGUF
+from .tokenizer import Tokenizer
+
+__all__ = ["gguf_permute_qk", "gguf_unpermute_qk", "iter_gguf_tensors", "open_gguf", "read_gguf_config",
+           "read_gguf_metadata", "read_gguf_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,86 +111,26 @@ def read_gguf_metadata(src: GGUFSource, *, with_arrays: bool = False) -> dict[st
     return out
 
 
-def _f32(x: float) -> float:
-    """The shortest decimal that round-trips the float32 GGUF stored.
-
-    GGUF keeps floats as float32, so `1e-5` comes back as 9.999999747378752e-06. The short form is
-    what the model's own config.json says, and it rounds to the same float32 in every kernel.
-    """
-    return float(str(np.float32(x)))
-
-
 # ----------------------------------------------------------------------------------------------
-# q/k row permutation (llama.cpp's converter, for its interleaved rotary)
+# Architectures: the family registry's GGUF names
 # ----------------------------------------------------------------------------------------------
 
 
-def gguf_permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """HF -> GGUF: llama.cpp's `permute` of q_proj/k_proj rows (and biases).
+class _Metadata:
+    """The `GGUFMetadata` view of a reader that the families' config builders read."""
 
-    HF's Llama applies rotary as rotate-half (pairs i and i + D/2 of each head); llama.cpp rotates
-    adjacent pairs (2i, 2i+1). Its converter reorders each head's rows so that the two agree:
-    `w.reshape(n_head, 2, rows // n_head // 2, *rest).swapaxes(1, 2).reshape(w.shape)`.
-    Use n_head = num_attention_heads for q and num_key_value_heads for k.
-    """
-    rows = w.shape[0]
-    if rows % (2 * n_head):
-        raise ValueError(f"cannot permute {tuple(w.shape)} for {n_head} heads: rows % (2 * n_head) != 0")
-    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    def __init__(self, reader: gguf.GGUFReader | FastGGUF) -> None:
+        self.reader = reader
+        self.name = _name(reader)
 
+    def value(self, key: str, default: Any = None) -> Any:
+        return _value(self.reader, key, default)
 
-def gguf_unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """GGUF -> HF: the exact inverse of `gguf_permute_qk` (rows back to rotate-half order)."""
-    rows = w.shape[0]
-    if rows % (2 * n_head):
-        raise ValueError(f"cannot unpermute {tuple(w.shape)} for {n_head} heads: rows % (2 * n_head) != 0")
-    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    def require(self, key: str) -> Any:
+        return _req(self.reader, key)
 
-
-# ----------------------------------------------------------------------------------------------
-# Architecture registry
-# ----------------------------------------------------------------------------------------------
-
-Transform = Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]
-
-
-def _unpermute_q(w: torch.Tensor, config: Mapping[str, Any]) -> torch.Tensor:
-    return gguf_unpermute_qk(w, config["num_attention_heads"])
-
-
-def _unpermute_k(w: torch.Tensor, config: Mapping[str, Any]) -> torch.Tensor:
-    return gguf_unpermute_qk(w, config["num_key_value_heads"])
-
-
-@dataclass(frozen=True)
-class GGUFArchitecture:
-    """How one llama.cpp architecture maps onto an HF one.
-
-    `config` builds the HF config.json dict from the reader. `tensors` maps GGUF tensor names
-    (with a `{layer}` placeholder) to (HF name, transform or None); an HF name of None drops the
-    tensor on purpose. A tensor that matches no entry is an error, so nothing is silently lost.
-    """
-
-    config: Callable[[gguf.GGUFReader, str], dict[str, Any]]
-    tensors: Mapping[str, tuple[str | None, Transform | None]]
-    _patterns: list[tuple[re.Pattern[str], str | None, Transform | None]] = field(
-        init=False, repr=False, compare=False
-    )
-
-    def __post_init__(self) -> None:
-        pats = []
-        for src, (dst, fn) in self.tensors.items():
-            rx = re.escape(src).replace(re.escape("{layer}"), r"(?P<layer>\d+)")
-            pats.append((re.compile(rx + r"\Z"), dst, fn))
-        object.__setattr__(self, "_patterns", pats)
-
-    def hf_name(self, gguf_name: str) -> tuple[str | None, Transform | None] | None:
-        """(HF name or None to drop, transform) for a GGUF tensor name; None if unknown."""
-        for rx, dst, fn in self._patterns:
-            m = rx.match(gguf_name)
-            if m:
-                return (dst.format(**m.groupdict()) if dst is not None else None), fn
-        return None
+    def tensor_shape(self, name: str) -> tuple[int, ...] | None:
+        return _tensor_dims(self.reader, name)
 
 
 def _arch(reader: gguf.GGUFReader) -> str:
@@ -213,108 +157,13 @@ def _tensor_dims(reader: gguf.GGUFReader, name: str) -> tuple[int, ...] | None:
     return None
 
 
-def _rope_scaling(reader: gguf.GGUFReader, arch: str) -> dict[str, Any] | None:
-    """HF `rope_scaling` from llama.cpp's `{arch}.rope.scaling.*` keys (None when absent or 'none')."""
-    kind = _value(reader, f"{arch}.rope.scaling.type")
-    factor = _value(reader, f"{arch}.rope.scaling.factor")
-    if kind is None and _value(reader, f"{arch}.rope.scale_linear") is not None:  # pre-2024 files
-        kind, factor = "linear", _value(reader, f"{arch}.rope.scale_linear")
-    if kind in (None, "none"):
-        return None
-    if kind not in ("linear", "yarn"):
-        raise CheckpointError(f"{_name(reader)}: rope scaling type {kind!r} is not supported (linear, yarn)")
-    out: dict[str, Any] = {"rope_type": kind, "factor": _f32(factor if factor is not None else 1.0)}
-    orig = _value(reader, f"{arch}.rope.scaling.original_context_length")
-    if orig is not None:
-        out["original_max_position_embeddings"] = int(orig)
-    return out
-
-
-def _llama_config(reader: gguf.GGUFReader, arch: str) -> dict[str, Any]:
-    """LlamaConfig keys from llama.cpp's `llama.*` metadata (convert_hf_to_gguf.py, read backwards)."""
-    name = _name(reader)
-    if _tensor_dims(reader, "rope_freqs.weight") is not None:
-        # Llama 3.1-style frequency factors: HF keeps them as rope_scaling parameters that the
-        # tensor does not carry, and dropping it would change the maths silently.
-        raise CheckpointError(f"{name}: llama3-style rope_freqs.weight (Llama 3.1 rope scaling) "
-                              "is not supported yet")
-    hidden = int(_req(reader, f"{arch}.embedding_length"))
-    heads = int(_req(reader, f"{arch}.attention.head_count"))
-    kv_heads = int(_value(reader, f"{arch}.attention.head_count_kv", heads))
-    head_dim = int(_value(reader, f"{arch}.attention.key_length", hidden // heads))
-    rot_dim = _value(reader, f"{arch}.rope.dimension_count")
-    if rot_dim is not None and int(rot_dim) != head_dim:
-        raise CheckpointError(f"{name}: partial rotary (rope.dimension_count {rot_dim} != "
-                              f"head_dim {head_dim}) is not supported for llama")
-    vocab = _value(reader, f"{arch}.vocab_size")
-    if vocab is None:
-        dims = _tensor_dims(reader, "token_embd.weight")
-        if dims is None:
-            raise CheckpointError(f"{name}: cannot tell the vocabulary size "
-                                  "(no vocab_size, no token_embd.weight)")
-        vocab = dims[0]
-    cfg: dict[str, Any] = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": hidden,
-        "intermediate_size": int(_req(reader, f"{arch}.feed_forward_length")),
-        "num_hidden_layers": int(_req(reader, f"{arch}.block_count")),
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "head_dim": head_dim,
-        "max_position_embeddings": int(_value(reader, f"{arch}.context_length", 2048)),
-        "rms_norm_eps": _f32(_req(reader, f"{arch}.attention.layer_norm_rms_epsilon")),
-        "rope_theta": _f32(_value(reader, f"{arch}.rope.freq_base", 10000.0)),
-        "vocab_size": int(vocab),
-        "hidden_act": "silu",
-        "attention_bias": _tensor_dims(reader, "blk.0.attn_q.bias") is not None,
-        "mlp_bias": False,
-        "tie_word_embeddings": _tensor_dims(reader, "output.weight") is None,
-    }
-    for hf_key, gguf_key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
-                             ("pad_token_id", "padding_token_id")):
-        v = _value(reader, f"tokenizer.ggml.{gguf_key}")
-        if v is not None:
-            cfg[hf_key] = int(v)
-    rope_scaling = _rope_scaling(reader, arch)
-    if rope_scaling is not None:
-        cfg["rope_scaling"] = rope_scaling
-    return cfg
-
-
-_LLAMA_TENSORS: dict[str, tuple[str | None, Transform | None]] = {
-    "token_embd.weight": ("model.embed_tokens.weight", None),
-    "output_norm.weight": ("model.norm.weight", None),
-    "output.weight": ("lm_head.weight", None),
-    "blk.{layer}.attn_norm.weight": ("model.layers.{layer}.input_layernorm.weight", None),
-    "blk.{layer}.attn_q.weight": ("model.layers.{layer}.self_attn.q_proj.weight", _unpermute_q),
-    "blk.{layer}.attn_k.weight": ("model.layers.{layer}.self_attn.k_proj.weight", _unpermute_k),
-    "blk.{layer}.attn_v.weight": ("model.layers.{layer}.self_attn.v_proj.weight", None),
-    "blk.{layer}.attn_output.weight": ("model.layers.{layer}.self_attn.o_proj.weight", None),
-    "blk.{layer}.attn_q.bias": ("model.layers.{layer}.self_attn.q_proj.bias", _unpermute_q),
-    "blk.{layer}.attn_k.bias": ("model.layers.{layer}.self_attn.k_proj.bias", _unpermute_k),
-    "blk.{layer}.attn_v.bias": ("model.layers.{layer}.self_attn.v_proj.bias", None),
-    "blk.{layer}.attn_output.bias": ("model.layers.{layer}.self_attn.o_proj.bias", None),
-    "blk.{layer}.ffn_norm.weight": ("model.layers.{layer}.post_attention_layernorm.weight", None),
-    "blk.{layer}.ffn_gate.weight": ("model.layers.{layer}.mlp.gate_proj.weight", None),
-    "blk.{layer}.ffn_up.weight": ("model.layers.{layer}.mlp.up_proj.weight", None),
-    "blk.{layer}.ffn_down.weight": ("model.layers.{layer}.mlp.down_proj.weight", None),
-    # Precomputed rotary tables some old converters wrote; HF recomputes them.
-    "blk.{layer}.attn_rot_embd": (None, None),
-}
-
-GGUF_ARCHITECTURES: dict[str, GGUFArchitecture] = {
-    "llama": GGUFArchitecture(config=_llama_config, tensors=_LLAMA_TENSORS),
-}
-
-
-def _architecture(reader: gguf.GGUFReader) -> tuple[str, GGUFArchitecture]:
+def _architecture(reader: gguf.GGUFReader) -> tuple[str, GGUFNames]:
     arch = _arch(reader)
-    conv = GGUF_ARCHITECTURES.get(arch)
-    if conv is None:
+    family = family_for_gguf(arch)
+    if family is None or family.GGUF_NAMES is None:
         raise CheckpointError(f"{_name(reader)}: GGUF architecture {arch!r} is not supported "
-                              f"(supported: {sorted(GGUF_ARCHITECTURES)})")
-    return arch, conv
+                              f"(supported: {gguf_architectures()})")
+    return arch, family.GGUF_NAMES
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,11 +176,11 @@ def read_gguf_config(path: GGUFSource) -> dict[str, Any]:
 
     Keys are exactly those of the HF config class (LlamaConfig for `llama`), so the family
     adapters that read HF folders read this too. Raises CheckpointError for an architecture
-    not in GGUF_ARCHITECTURES, naming it and the supported ones.
+    no family declares (`gguf_architectures`), naming it and the supported ones.
     """
     reader = _open(path)
     arch, conv = _architecture(reader)
-    return conv.config(reader, arch)
+    return conv.config(_Metadata(reader), arch)
 
 
 # ggml block types dequantized here rather than by gguf.quants: the common llama.cpp formats,
@@ -412,7 +261,7 @@ def iter_gguf_tensors(
     """
     reader = _open(path)
     arch, conv = _architecture(reader)
-    config = conv.config(reader, arch)
+    config = conv.config(_Metadata(reader), arch)
     plan = []
     unknown = []
     for t in reader.tensors:

@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from torch.overrides import TorchFunctionMode
 
-from ..config import ConfigError, ModelConfig
+from ..config import ConfigError
 from ..core.backbone import Transformer
 from ..families import family_for_hf_config, get_family
+from ..families.weight_map import CompiledMap
+from .build import build_on_meta, materialize_buffers
 from .errors import CheckpointError
 from .safetensors_io import iter_safetensors, save_sharded
-from .weight_map import CompiledMap
 
 log = logging.getLogger(__name__)
 
@@ -143,35 +143,6 @@ def fill_model(model: Transformer, state: dict[str, torch.Tensor], problems: lis
         model.head.proj.weight = model.embed.word.weight
 
 
-class _SkipInit(TorchFunctionMode):
-    """Skips torch.nn.init's fills while a model is built on the meta device: meta tensors hold
-    no values, and `normal_` on a meta tensor goes through torch._refs, whose first call imports
-    torch._dynamo (1-5 s of a CLI start-up). The weights are loaded or `init_weights()`ed after."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if getattr(func, "__module__", None) == "torch.nn.init":
-            return args[0] if args else kwargs["tensor"]
-        return func(*args, **kwargs)
-
-
-def build_on_meta(cfg: ModelConfig, model_cls: type[M]) -> M:
-    with torch.device("meta"), _SkipInit():
-        model = model_cls(cfg)
-        get_family(cfg.family).attach_modules(model)
-        return model
-
-
-def materialize_buffers(model: Transformer, device: torch.device | str) -> None:
-    """Non-persistent buffers (rotary inv_freq, ...) are computed, not loaded: rebuild them off meta."""
-    from ..core.rope import rope_inv_freq
-
-    model.register_buffer("inv_freq", rope_inv_freq(model.config).to(device), persistent=False)
-    for m in model.modules():
-        if hasattr(m, "materialize_buffers"):
-            m.materialize_buffers(device)
-
-
 def load_model(
     path: str | Path,
     dtype: str | torch.dtype = "float32",
@@ -184,7 +155,7 @@ def load_model(
     torch_dtype = parse_dtype(dtype)
     hf, tensors, tokenizer, fmt = open_checkpoint(path)
     if "swisslm" in hf:  # our own formats (quantized checkpoints) carry a native config
-        from ..quant import load_quantized  # noqa: PLC0415
+        from .quantized import load_quantized  # noqa: PLC0415
 
         return load_quantized(Path(path), hf, tensors, tokenizer, torch_dtype, device, model_cls)
     family = family_for_hf_config(hf)

@@ -88,7 +88,7 @@ def find_sites(model: nn.Module) -> list[Site]:
     experts) and names come from the one table that loading and export use.
     """
     from ..families import get_family
-    from ..io.weight_map import Part, Transform
+    from ..families.weight_map import Part, Transform
 
     cfg = model.config
     wmap = get_family(cfg.family).weight_map(cfg)

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The quantize pass and the quantized checkpoint format.
+"""The quantize pass, and the module swaps that the quantized checkpoint format
+(io/quantized.py) replays when it loads one.
 
     quantize_(model, "int8")                       # in place, after the model is built
-    save_quantized(model, "out/")                  # safetensors + config.json (+ tokenizer)
+    save_quantized(model, "out/")                  # io.quantized: safetensors + config.json (+ tokenizer)
     swisslm.AutoModel.from_pretrained("out/")      # straight into the quantized layers
 
 Checkpoint format: config.json is the family's HF config plus a top-level "swisslm" object:
@@ -16,17 +17,13 @@ The loader reads the scheme from this JSON, never from the path.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from ..io.errors import CheckpointError
+from ..errors import CheckpointError
 from .layers import INT4_GROUP_SIZES, Int4Linear, Int8Embedding, Int8Linear
 from .moe import QuantMoE, is_moe, quantize_moe_
 
@@ -116,14 +113,14 @@ def quantize_(
         model.embed.word = emb
         modules["embed.word"] = "int8_embedding"
         if tied and modules.get("head.proj") == "int8" and isinstance(model.head.proj, Int8Linear):
-            _tie_head(model)
+            tie_head(model)
             modules["head.proj"] = "tied"
     model.quantization = {"scheme": scheme, "group_size": group_size, "modules": modules}
     log.info("quantized %d modules to %s", len(modules), scheme)
     return model
 
 
-def _tie_head(model: nn.Module) -> None:
+def tie_head(model: nn.Module) -> None:
     """Head = the int8 embedding's tensors (the per-row scale of an embedding is the per-output-
     channel scale of the head: one quantization serves both)."""
     emb = model.embed.word
@@ -152,40 +149,7 @@ def logical_num_parameters(model: nn.Module) -> int:
     return sum(counts.values())
 
 
-# -- checkpoint ----------------------------------------------------------------------------
-
-
-def save_quantized(model: nn.Module, folder: str | Path, tokenizer: Any = None) -> Path:
-    """Write a quantized checkpoint folder (see module docstring)."""
-    from ..families import get_family
-    from ..io.safetensors_io import save_sharded
-
-    q = getattr(model, "quantization", None)
-    if not q:
-        raise ValueError("model is not quantized; call quantize_(model, scheme) first")
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg: ModelConfig = model.config
-    hf = get_family(cfg.family).config_to_hf(cfg)
-    hf.update({k: v for k, v in cfg.extra.items() if k not in hf})
-    hf["swisslm"] = {"format": FORMAT_VERSION, "config": cfg.to_dict(), "quantization": q}
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("mixins.")}
-    if q["modules"].get("head.proj") == "tied" or (cfg.tie_embeddings and "head.proj" not in q["modules"]):
-        for k in [k for k in state if k.startswith("head.proj.")]:
-            state.pop(k)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    save_sharded(tensors, out, 5 * 1024**3)
-    (out / "config.json").write_text(json.dumps(hf, indent=2))
-    gen = {k: getattr(cfg, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id") if getattr(cfg, k) is not None}
-    if gen:
-        (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
-    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-    if tok is not None:
-        tok.save(out)
-    return out
-
-
-def _apply_structure(model: nn.Module, q: dict[str, Any], source: str) -> None:
+def apply_structure(model: nn.Module, q: dict[str, Any], source: str) -> None:
     """Swap modules for empty quantized ones as the checkpoint's module map says (on meta)."""
     group_size = int(q.get("group_size", 64))
     for name, kind in q["modules"].items():
@@ -201,66 +165,3 @@ def _apply_structure(model: nn.Module, q: dict[str, Any], source: str) -> None:
             quantize_moe_(m)
         elif kind != "tied":
             raise CheckpointError(f"{source}: unknown quantized module kind {kind!r} for {name!r}")
-
-
-def load_quantized(
-    path: Path,
-    hf: dict[str, Any],
-    tensors: Iterable[tuple[str, torch.Tensor]],
-    tokenizer: Any,
-    dtype: torch.dtype,
-    device: str | torch.device,
-    model_cls: type,
-) -> tuple[nn.Module, Any]:
-    """Build on meta, swap in quantized modules, assign the stored tensors (no float detour)."""
-    from ..io.loader import build_on_meta, materialize_buffers
-
-    meta = hf["swisslm"]
-    if not isinstance(meta, dict) or "config" not in meta or "quantization" not in meta:
-        raise CheckpointError(f"{path}: config.json 'swisslm' needs 'config' and 'quantization'")
-    if int(meta.get("format", 1)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: quantized format {meta['format']} is newer than this swisslm reads")
-    q = meta["quantization"]
-    if q.get("scheme") not in SCHEMES:
-        raise CheckpointError(f"{path}: unknown quantization scheme {q.get('scheme')!r}")
-    cfg = ModelConfig.from_dict(meta["config"])
-    model = build_on_meta(cfg, model_cls)
-    _apply_structure(model, q, str(path))
-    expected = {k: v for k, v in model.state_dict().items() if not k.startswith("mixins.")}
-    tied = q["modules"].get("head.proj") == "tied" or (cfg.tie_embeddings and "head.proj" not in q["modules"])
-    if tied:
-        for k in [k for k in expected if k.startswith("head.proj.")]:
-            expected.pop(k)
-    state: dict[str, torch.Tensor] = {}
-    problems: list[str] = []
-    for name, t in tensors:
-        if name not in expected:
-            problems.append(f"tensor {name!r} has no place in the model")
-            continue
-        want = expected[name]
-        if tuple(t.shape) != tuple(want.shape):
-            problems.append(f"{name}: shape {tuple(t.shape)} != expected {tuple(want.shape)}")
-        elif t.dtype != want.dtype and not (t.is_floating_point() and want.is_floating_point()):
-            problems.append(f"{name}: dtype {t.dtype} != expected {want.dtype}")
-        # Quantized payloads keep their dtype; float tensors (norms, biases) follow `dtype`,
-        # scales stay fp32.
-        keep = not t.is_floating_point() or name.endswith(("scales", "mins"))
-        state[name] = t if keep else t.to(dtype)
-    problems += [f"missing tensor for {n!r}" for n in expected if n not in state]
-    if problems:
-        shown = "; ".join(problems[:20]) + (f"; ... {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise CheckpointError(f"{path}: {len(problems)} weight problem(s): {shown}")
-    model.load_state_dict(state, strict=False, assign=True)
-    if tied:
-        if q["modules"].get("head.proj") == "tied":
-            _tie_head(model)
-        else:
-            model.head.proj.weight = model.embed.word.weight
-    for m in model.modules():  # quantized layers compute in the requested float dtype
-        if hasattr(m, "compute_dtype"):
-            m.compute_dtype = dtype
-    materialize_buffers(model, "cpu")
-    model.to(device)
-    model.quantization = q
-    model.eval()
-    return model, tokenizer

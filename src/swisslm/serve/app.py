@@ -32,8 +32,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..generation.params import SamplingParams
 from .auth import APIKeyMiddleware
-from .engine import Engine, EngineStoppedError, QueueFullError, SamplingParams, Sequence, TokenEvent
+from .engine import Engine, EngineStoppedError, QueueFullError, Sequence, TokenEvent
 from .errors import APIError, BodyLimitMiddleware, MetricsMiddleware, error_json, error_payload
 from .metrics import Metrics
 from .schemas import (
@@ -278,7 +279,7 @@ class _Server:
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         seed = req.seed + index if req.seed is not None and index else req.seed
         return SamplingParams(
-            max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
+            max_new_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
             top_p=req.top_p or 1.0, top_k=max(req.top_k or 0, 0), min_p=req.min_p or 0.0,
             repetition_penalty=req.repetition_penalty or 1.0, presence_penalty=req.presence_penalty or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0, logit_bias=self.logit_bias(req.logit_bias),
@@ -563,7 +564,7 @@ def _routes(app: FastAPI, srv: _Server) -> None:
         for j in range(n):
             seed = None if p.seed is None else (p.seed + j) % 2**64
             jobs.append((ids, SamplingParams(
-                max_tokens=budget, temperature=temperature, top_k=p.top_k or 0, top_p=p.top_p or 1.0,
+                max_new_tokens=budget, temperature=temperature, top_k=p.top_k or 0, top_p=p.top_p or 1.0,
                 repetition_penalty=p.repetition_penalty or 1.0, seed=seed,
                 stop=list(p.stop or []) + list(p.stop_sequences or []), logprobs=want_lp)))
         seqs, q = srv.start(jobs)

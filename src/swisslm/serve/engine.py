@@ -17,9 +17,12 @@ L = the longest live sequence rounded up to a bucket, so attention costs what th
 need rather than max_model_len. Views share storage with the full buffers, so the cache's
 in-place writes land in the one real cache.
 
-Sampling is per row with the row's own torch.Generator, so a seeded request draws the same
-tokens whatever its neighbours are. Results leave the thread through `Sequence.sink`, a
-callable the app wires to an asyncio queue with `loop.call_soon_threadsafe`.
+Tokens are chosen and decoded by the same row pipeline as `generate()`: `row_scores` +
+`choose_tokens` (generation/sampling.py) with the sequence's `SamplingParams` and its own
+torch.Generator (a seeded request draws the same tokens whatever its neighbours are, and the same
+as `generate()` with that seed), then the sequence's `RowDecoder` (generation/rows.py) turns the
+token into text and decides EOS / stop strings / length. Results leave the thread through
+`Sequence.sink`, a callable the app wires to an asyncio queue with `loop.call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -29,16 +32,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..core.kv_cache import KVCache
-from ..generation import MAX_TOP_LOGPROBS, StopStrings, TextDeltas, token_logprobs
-from ..generation.sampling import process_logits, sample
+from ..generation.logprobs import token_logprobs
+from ..generation.params import SamplingParams
+from ..generation.rows import RowDecoder, resolve_eos
+from ..generation.sampling import choose_tokens, make_generator, row_scores
 from .metrics import Metrics
+
+__all__ = ["Engine", "EngineStoppedError", "QueueFullError", "SamplingParams", "Sequence", "TokenEvent"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,47 +58,6 @@ class QueueFullError(RuntimeError):
 
 class EngineStoppedError(RuntimeError):
     """The engine thread is not running (server shutting down, or it failed)."""
-
-
-@dataclass
-class SamplingParams:
-    """What one sequence asks for. temperature 0 means greedy (argmax of the processed logits)."""
-
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[int, float] | None = None
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)
-    ignore_eos: bool = False
-    logprobs: int | None = None  # None: off; n >= 0: chosen token's logprob + top n alternatives
-    skip_special_tokens: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
-            raise ValueError(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
-    @property
-    def plain_greedy(self) -> bool:
-        """Greedy with nothing that reshapes the logits: argmax of the raw logits."""
-        return (self.greedy and self.repetition_penalty == 1.0 and not self.presence_penalty
-                and not self.frequency_penalty and not self.logit_bias)
 
 
 @dataclass
@@ -114,10 +80,12 @@ class Sequence:
 
     def __init__(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[TokenEvent], None],
                  tokenizer: Any, eos_ids: list[int], device: torch.device | str = "cpu") -> None:
+        if params.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
         self.prompt_ids = list(prompt_ids)
         self.params = params
         self.sink = sink
-        self.output_ids: list[int] = []
+        self.decoder = RowDecoder(params, tokenizer, eos_ids)
         self.row = -1
         self.pos = 0  # cache slot the next fed token is written at
         self.prefilled = 0  # prompt tokens already in the cache (chunked prefill)
@@ -126,13 +94,12 @@ class Sequence:
         self.arrival = time.perf_counter()
         self.first_token_time: float | None = None
         self.last_token_time: float | None = None
-        self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_ids))
-        self.deltas = TextDeltas(tokenizer, skip_special_tokens=params.skip_special_tokens)
-        self.stops = StopStrings(params.stop)
-        self.generator: torch.Generator | None = None
-        if not params.greedy:
-            self.generator = torch.Generator(device=device)  # on the logits' device (multinomial needs it)
-            self.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+        # on the logits' device (the draw runs there)
+        self.generator = None if params.greedy else make_generator(params.seed, device)
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.decoder.token_ids
 
     def cancel(self) -> None:
         """Thread-safe: the engine frees the row (or skips the queued sequence) at its next step."""
@@ -172,8 +139,7 @@ class Engine:
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
         self.metrics = metrics or Metrics()
-        eos = list(getattr(self.tokenizer, "eos_token_ids", None) or []) or model.config.eos_ids
-        self.eos_ids = [int(e) for e in eos]
+        self.eos_ids = resolve_eos(self.tokenizer, model.config)
         self.vocab_size = model.config.vocab_size
         self.device = next(model.parameters()).device
         self._waiting: deque[Sequence] = deque()
@@ -370,22 +336,17 @@ class Engine:
 
     # -- sampling, stopping, output ------------------------------------------------------------
     def _choose(self, s: Sequence, logits: torch.Tensor) -> torch.Tensor:
-        """logits (1, V) of one row -> chosen token (1,)."""
+        """logits (1, V) of one row -> chosen token (1,), as generate() chooses it."""
         p = s.params
-        logits = logits.float()
-        if p.logit_bias:
-            ids = torch.tensor(list(p.logit_bias), device=logits.device)
-            logits = logits.index_add(1, ids, torch.tensor([list(p.logit_bias.values())], device=logits.device))
-        if (p.presence_penalty or p.frequency_penalty) and s.output_ids:
-            counts = torch.bincount(torch.tensor(s.output_ids, device=logits.device), minlength=logits.shape[-1])
-            logits = logits - p.frequency_penalty * counts - p.presence_penalty * (counts > 0)
-        seen = None
-        if p.repetition_penalty != 1.0:
+        seen = generated = None
+        if p.repetition_penalty != 1.0 or p.no_repeat_ngram_size:
             seen = torch.tensor([s.prompt_ids + s.output_ids], device=logits.device)
-        scores = process_logits(logits, seen, temperature=p.temperature if not p.greedy else 1.0, top_k=p.top_k,
-                                top_p=p.top_p, min_p=p.min_p, repetition_penalty=p.repetition_penalty,
-                                do_sample=not p.greedy)
-        return scores.argmax(-1) if p.greedy else sample(scores, s.generator)
+        if (p.presence_penalty or p.frequency_penalty) and s.output_ids:
+            generated = torch.tensor([s.output_ids], device=logits.device)
+        scores = row_scores(logits, p, step=len(s.output_ids), eos_ids=sorted(s.decoder.stop_ids),
+                            seen=seen if p.repetition_penalty != 1.0 else None,
+                            ngram_seq=seen if p.no_repeat_ngram_size else None, generated=generated)
+        return choose_tokens(scores, p.greedy, [s.generator] if s.generator is not None else None)
 
     def _sample_and_emit(self, items: list[tuple[int, int, Sequence]], logits: torch.Tensor) -> None:
         """items: (index into logits, cache row, sequence)."""
@@ -401,12 +362,12 @@ class Engine:
             else:
                 tok = self._choose(s, row_logits)
                 token_id = int(tok)
-            s.output_ids.append(token_id)
-            ev = TokenEvent(token_id, "")
+            lp = top = None
             if s.params.logprobs is not None:
-                lp, top_ids, top_lp = token_logprobs(row_logits, tok, s.params.logprobs)
-                ev.logprob = float(lp[0])
-                ev.top_logprobs = list(zip(top_ids[0].tolist(), top_lp[0].tolist()))
+                lps, top_ids, top_lps = token_logprobs(row_logits, tok, s.params.logprobs)
+                lp, top = float(lps[0]), list(zip(top_ids[0].tolist(), top_lps[0].tolist()))
+            row = s.decoder.push(token_id, lp, top, at_limit=s.pos + 1 >= self.max_model_len)
+            ev = TokenEvent(token_id, row.text, row.logprob, row.top_logprobs, row.finish_reason, row.stop_reason)
             self.metrics.generation_tokens.inc()
             if s.first_token_time is None:
                 s.first_token_time = now
@@ -414,20 +375,7 @@ class Engine:
             else:
                 self.metrics.itl.observe(now - s.last_token_time)
             s.last_token_time = now
-            finish = None
-            if token_id in s.stop_ids:
-                finish, ev.stop_reason = "stop", token_id  # the stop token itself is not shown as text
-            else:
-                ev.text = s.stops.push(s.deltas.push(token_id))
-                if s.stops.hit is not None:
-                    finish, ev.stop_reason = "stop", s.stops.hit.stop
-            if finish is None and (len(s.output_ids) >= s.params.max_tokens or s.pos + 1 >= self.max_model_len):
-                finish = "length"
-            if finish is not None:
-                if s.stops.hit is None:
-                    ev.text += s.stops.push(s.deltas.flush())
-                    ev.text += s.stops.flush()
-                ev.finish_reason = finish
+            if row.finish_reason is not None:
                 self._rows[b] = None
                 self._finish(s)
             self._emit(s, ev)

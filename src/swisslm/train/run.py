@@ -56,10 +56,12 @@ def build_schedule(cfg: TrainConfig, global_batch: int):
 
 
 def build_model(cfg: TrainConfig, meta: dict[str, Any], device: str) -> torch.nn.Module:
-    from .. import AutoModel
+    # The backbone through io/ (not the swisslm.AutoModel facade, which sits above train/).
+    from ..io.build import new_model
+    from ..io.loader import load_model
 
     if cfg.model.from_pretrained:
-        model = AutoModel.from_pretrained(cfg.model.from_pretrained, dtype="float32", device=device)
+        model, _ = load_model(cfg.model.from_pretrained, dtype="float32", device=device)
         if cfg.model.config:
             raise ConfigError("model.config overrides cannot be combined with model.from_pretrained")
         if model.config.vocab_size < int(meta["vocab_size"]):
@@ -69,7 +71,7 @@ def build_model(cfg: TrainConfig, meta: dict[str, Any], device: str) -> torch.nn
     special = {"eos_token_id": meta.get("eos_token_id"), "bos_token_id": meta.get("bos_token_id")}
     mcfg = cfg.model_config_for(int(meta["vocab_size"]), special)
     seed = cfg.model.init_seed if cfg.model.init_seed is not None else cfg.seed
-    model = AutoModel.from_config(mcfg, seed=seed, device=device)
+    model = new_model(mcfg, device=device, seed=seed)
     if cfg.mup is not None:
         from .mup import mup_init_
 
@@ -193,18 +195,20 @@ def export_hf(cfg: TrainConfig, model: torch.nn.Module, meta: dict[str, Any], ou
     """Write an HF folder (gathers FSDP shards first); the data's tokenizer is saved with it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from .. import AutoModel
+    from ..io.build import new_model
+    from ..io.loader import save_hf
     from .prepare import load_tokenizer
 
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank != 0:
         return
     inner = unwrap(model)
-    plain = AutoModel.from_config(inner.config)
+    plain = new_model(inner.config)
     plain.load_state_dict(sd, strict=False)
+    tokenizer = None
     try:
-        plain.tokenizer = load_tokenizer(meta.get("tokenizer"))
+        tokenizer = load_tokenizer(meta.get("tokenizer"))
     except Exception as e:  # noqa: BLE001 - export the weights even if the tokenizer moved
         logger.warning("HF export without tokenizer (%s)", e)
-    plain.save_pretrained(out)
+    save_hf(plain, out, tokenizer)
     logger.info("exported HF folder %s", out)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ModelConfig
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 TensorFn = Callable[[torch.Tensor, ModelConfig], torch.Tensor]
 
