@@ -114,7 +114,9 @@ class Model(Transformer):
         res = run_generation(self, input_ids, attention_mask, cfg, self.tokenizer)
         return res if return_dict_in_generate else res.sequences
 
-    def _encode_prompt(self, prompt: str | list[int] | torch.Tensor, chat: bool) -> torch.Tensor:
+    def encode_prompt(self, prompt: str | list[int] | torch.Tensor, chat: bool = False) -> torch.Tensor:
+        """A (1, T) tensor of ids on the model's device: text is encoded (in a one-turn chat
+        template with chat=True), ids pass through. The CLI and `stream` encode through it."""
         device = next(self.parameters()).device
         if isinstance(prompt, str):
             if self.tokenizer is None:
@@ -136,7 +138,7 @@ class Model(Transformer):
         `prompt` is text (wrapped in the chat template with chat=True) or token ids; kwargs
         are generate()'s (greedy or sampling; stop strings are honoured and never emitted)."""
         cfg = self.generation_config(**kwargs)
-        return stream(self, self._encode_prompt(prompt, chat), cfg, self.tokenizer)
+        return stream(self, self.encode_prompt(prompt, chat), cfg, self.tokenizer)
 
     @torch.no_grad()
     def score(self, context: str | list[int], continuations: list[str] | list[list[int]],

@@ -9,8 +9,7 @@ import argparse
 import sys
 
 from .common import add_model_args, load_with_message, require_tokenizer
-from .generate import add_sampling_args, sampling_kwargs
-from .validate import check_sampling
+from .generate import add_sampling_args, sampling_params
 
 
 def register(sub) -> None:
@@ -18,11 +17,11 @@ def register(sub) -> None:
     add_model_args(p)
     add_sampling_args(p)
     p.add_argument("--system", default=None, help="system prompt")
-    p.set_defaults(func=run, check=check_sampling, fast_exit=True, max_new_tokens=512)
+    p.set_defaults(func=run, check=sampling_params, fast_exit=True, max_new_tokens=512)
 
 
 def run(args: argparse.Namespace) -> int:
-    kwargs = sampling_kwargs(args)
+    params = sampling_params(args)
     interactive = sys.stdin.isatty()
     # The banner and a loading line come first, before torch is even imported: the user sees at
     # once that the command started, and what it is waiting for.
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         history.append({"role": "user", "content": text})
         ids = tok.apply_chat_template(system + history, add_generation_prompt=True, tokenize=True)
-        reply = model.stream(ids, **kwargs)
+        reply = model.stream(ids, sampling=params)
         try:
             for delta in reply:
                 sys.stdout.write(delta)

@@ -10,25 +10,25 @@ import sys
 from . import timings
 from .common import UsageError, add_model_args, check_positive, load_model_from_args, require_tokenizer
 from .timings import phase
-from .validate import check_sampling
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0 = all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: smallest set with this mass")
-    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the likeliest's probability")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens")
-    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    """The sampling flags, generated from SamplingParams' fields (the one record generate, the
+    server and the CLI share; torch-free, so --help stays instant)."""
+    from ..generation.params import add_cli_args
+
+    add_cli_args(p)
 
 
-def sampling_kwargs(args: argparse.Namespace) -> dict:
-    check_sampling(args)
-    do_sample = args.temperature > 0
-    return dict(max_new_tokens=args.max_new_tokens, do_sample=do_sample,
-                temperature=args.temperature if do_sample else 1.0, top_k=args.top_k, top_p=args.top_p,
-                min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+def sampling_params(args: argparse.Namespace, **extra):
+    """The validated SamplingParams of the flags (plus fields the command sets itself); runs
+    before the model loads, a bad value is one line naming its flag."""
+    from ..generation.params import from_cli_args
+
+    try:
+        return from_cli_args(args, **extra)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def register(sub) -> None:
@@ -49,22 +49,13 @@ def register(sub) -> None:
     p.set_defaults(func=run, check=_check, fast_exit=True)
 
 
-def encode_prompt(tok, prompt: str, chat: bool) -> list[int]:
-    if chat:
-        return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                       tokenize=True)
-    return tok.encode(prompt)
-
-
-def _check(args: argparse.Namespace) -> dict:
-    """Every option check, before the model loads (main() runs it first; run() again for the kwargs)."""
+def _check(args: argparse.Namespace) -> tuple:
+    """Every option check, before the model loads (main() runs it first; run() again for the
+    values): the rows' SamplingParams and generate()'s batch keywords."""
     if not args.prompt:
         raise UsageError("the prompt is empty")
-    kwargs = sampling_kwargs(args)
     check_positive("--num-beams", args.num_beams)
     check_positive("--num-return-sequences", args.num_return_sequences)
-    if args.no_repeat_ngram_size < 0:
-        raise UsageError(f"--no-repeat-ngram-size must be >= 0, got {args.no_repeat_ngram_size}")
     if args.stream and (args.num_beams > 1 or args.num_return_sequences > 1):
         raise UsageError("--stream prints one sequence: it cannot be combined with --num-beams or "
                          "--num-return-sequences > 1")
@@ -79,15 +70,14 @@ def _check(args: argparse.Namespace) -> dict:
             raise UsageError(f"--logprobs must be in [0, 20], got {args.logprobs}")
         if args.num_beams > 1:
             raise UsageError("--logprobs is not supported with --num-beams > 1")
-    if args.num_beams == 1 and args.num_return_sequences > 1 and not kwargs["do_sample"]:
+    params = sampling_params(args, stop=args.stop or [], logprobs=args.logprobs,
+                             no_repeat_ngram_size=args.no_repeat_ngram_size)
+    if args.num_beams == 1 and args.num_return_sequences > 1 and params.greedy:
         raise UsageError("--num-return-sequences > 1 needs --temperature > 0 or --num-beams > 1")
-    kwargs.update(num_beams=args.num_beams, stop=args.stop, no_repeat_ngram_size=args.no_repeat_ngram_size,
-                  num_return_sequences=args.num_return_sequences)
+    batch = dict(num_beams=args.num_beams, num_return_sequences=args.num_return_sequences)
     if args.num_beams > 1:
-        kwargs["length_penalty"] = args.length_penalty
-    if args.logprobs is not None:
-        kwargs.update(logprobs=True, top_logprobs=args.logprobs)
-    return kwargs
+        batch["length_penalty"] = args.length_penalty
+    return params, batch
 
 
 def _logprob_entries(tok, res, row: int) -> list[dict]:
@@ -115,24 +105,21 @@ def warm_kernels() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    kwargs = _check(args)
+    params, batch = _check(args)
     model = load_model_from_args(args)
     tok = require_tokenizer(model)
     if args.device == "cpu":
         warm_kernels()
-    ids = encode_prompt(tok, args.prompt, args.chat)
+    x = model.encode_prompt(args.prompt, chat=args.chat)
     if args.stream:
         with phase("generate"):
-            for delta in model.stream(ids, **kwargs):
+            for delta in model.stream(x, sampling=params):
                 sys.stdout.write(delta)
                 sys.stdout.flush()
         sys.stdout.write("\n")
         return 0
-    import torch
-
-    x = torch.tensor([ids], device=args.device)
     with phase("generate"):
-        res = model.generate(x, return_dict_in_generate=True, **kwargs)
+        res = model.generate(x, return_dict_in_generate=True, sampling=params, **batch)
     if args.json:
         rows = []
         for r in range(res.sequences.shape[0]):
@@ -143,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             if args.logprobs is not None:
                 row["logprobs"] = _logprob_entries(tok, res, r)
             rows.append(row)
-        out = {"prompt": args.prompt, "num_prompt_tokens": len(ids), **rows[0]}
+        out = {"prompt": args.prompt, "num_prompt_tokens": x.shape[1], **rows[0]}
         if len(rows) > 1:
             out["sequences"] = rows
         print(json.dumps(out, ensure_ascii=False))

@@ -13,7 +13,7 @@ import argparse
 import errno
 import socket
 
-from .common import UsageError, check_positive
+from .common import UsageError
 
 
 def check_model_path(value: str | None, option: str = "--model") -> None:
@@ -34,21 +34,6 @@ def check_model_path(value: str | None, option: str = "--model") -> None:
 def check_threads(value: int | None) -> None:
     if value is not None and value < 1:
         raise UsageError(f"--threads must be >= 1, got {value}")
-
-
-def check_sampling(args: argparse.Namespace) -> None:
-    """The options of `add_sampling_args`, with the ranges GenerationConfig enforces."""
-    check_positive("--max-new-tokens", args.max_new_tokens)
-    if args.temperature < 0:
-        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.top_k < 0:
-        raise UsageError(f"--top-k must be >= 0, got {args.top_k}")
-    if not 0.0 < args.top_p <= 1.0:
-        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if not 0.0 <= args.min_p <= 1.0:
-        raise UsageError(f"--min-p must be in [0, 1], got {args.min_p}")
-    if args.repetition_penalty <= 0:
-        raise UsageError(f"--repetition-penalty must be > 0, got {args.repetition_penalty}")
 
 
 def check_port(host: str, port: int) -> None:
