@@ -78,7 +78,7 @@ def test_help_shows_defaults(capsys):
         parser.parse_args(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "--max-new-tokens MAX_NEW_TOKENS most tokens to generate (default: 128)" in text
-    assert "--top-p TOP_P nucleus sampling: smallest set with this mass (default: 1.0)" in text
+    assert "--top-p TOP_P nucleus sampling: smallest set of tokens with this mass (default: 1.0)" in text
     assert "(default: None)" not in text and "(default: False)" not in text  # nothing to show
     assert "--threads THREADS CPU threads (default: physical cores)" in text  # said once, by the help
     with pytest.raises(SystemExit):
