@@ -137,23 +137,31 @@ class AutoModel:
         path: str | Path | None = None,
         dtype: str | torch.dtype = "float32",
         device: str | torch.device = "cpu",
+        backend: str = "auto",
     ) -> Model:
         """Load an HF folder (config.json + safetensors), a .gguf file, or, with None, the
-        embedded default SmolLM2-135M-Instruct."""
+        embedded default SmolLM2-135M-Instruct. `backend`: "auto" puts a CPU model on swisslm's
+        CPU kernels where they run (kernels.apply_), "cpu" insists on them, "torch" keeps plain
+        torch."""
+        from .kernels.backend import apply_backend_
+
         src = Path(path) if path is not None else default_model_path()
         model, tokenizer = load_model(src, dtype, device, model_cls=Model)
         model.tokenizer = tokenizer
         model.source = str(src)
-        return model
+        return apply_backend_(model, backend)
 
     @staticmethod
     def from_config(cfg: ModelConfig, dtype: str | torch.dtype = "float32", device: str = "cpu",
-                    seed: int | None = None) -> Model:
-        """A randomly initialised model (for training from scratch and tests)."""
+                    seed: int | None = None, backend: str = "auto") -> Model:
+        """A randomly initialised model (for training from scratch and tests); `backend` as in
+        from_pretrained."""
+        from .kernels.backend import apply_backend_
+
         model = build_on_meta(cfg, Model)
         model.to_empty(device=device)
         materialize_buffers(model, device)
         if seed is not None:
             torch.manual_seed(seed)
         model.init_weights()
-        return model.to(parse_dtype(dtype))
+        return apply_backend_(model.to(parse_dtype(dtype)), backend)
