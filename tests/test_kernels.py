@@ -171,7 +171,7 @@ def _decode_logits(model, prompt, steps, mask_pad=0):
 
 def _per_layer_calls(monkeypatch):
     """Make the model run its one-token steps layer by layer (no whole-stack call)."""
-    monkeypatch.setattr("swisslm.core.backbone.fused_stack_step", lambda *a: None)
+    monkeypatch.setattr("swisslm.kernels.fused_step.fused_stack_step", lambda *a: None)
 
 
 @pytest.mark.parametrize("over", [{}, {"rotary_pct": 0.5}, {"position": "absolute"}, {"qk_norm": "full"},
@@ -213,8 +213,7 @@ def _count_kernel_calls(monkeypatch):
 
 def _module_path_logits(model, prompt, steps, monkeypatch, mask_pad=0):
     with monkeypatch.context() as mp:
-        for blk in model.layers:
-            mp.setattr(blk, "fusable", False)  # neither the stack nor the layer call
+        mp.setattr(model, "fused_layers", None)  # neither the stack nor the layer call
         return _decode_logits(model, prompt, steps, mask_pad)
 
 
@@ -286,13 +285,9 @@ def test_fused_layer_plan_follows_changes_to_the_model(monkeypatch):
     assert calls == ["stack_step"] * 3  # back to plain linears: fused again
 
 
-def _bind_windows(model, full, causal, diag, slots):
+def _bind_windows(model, full, slots):
     """What serve/engine.py does per step: every layer's cache a window of the full buffers."""
-    from swisslm.serve.engine import _window
-
-    for blk, c in zip(model.layers, full):
-        blk.attn.cache = _window(c, 0, c.k.shape[0], slots)
-    model.causal_mask, model.diag_mask, model.max_cache_len = causal[:, :slots], diag[:, :slots], slots
+    model.bind_cache([c.view(0, c.batch, slots) for c in full])
 
 
 def test_stack_tables_follow_cache_windows(monkeypatch):
@@ -303,20 +298,18 @@ def test_stack_tables_follow_cache_windows(monkeypatch):
     calls = _count_kernel_calls(monkeypatch)
 
     def run(kernels_on):
-        model.setup_cache(2, 32)
-        full = [blk.attn.cache for blk in model.layers]
-        causal, diag = model.causal_mask, model.diag_mask
+        full = model.setup_cache(2, 32)
         mask = torch.ones(2, 32, dtype=torch.long)
         mask[1, 0] = 0
         outs = []
         with torch.no_grad(), contextlib.ExitStack() as stack:
             if not kernels_on:
                 stack.enter_context(kernels_off())
-            _bind_windows(model, full, causal, diag, 16)
+            _bind_windows(model, full, 16)
             model(prompt, attention_mask=mask[:, :16], input_pos=torch.arange(4))
             tok = prompt[:, :1]
             for t, slots in ((4, 16), (5, 8), (6, 16), (7, 8)):
-                _bind_windows(model, full, causal, diag, slots)
+                _bind_windows(model, full, slots)
                 pid = mask[:, : t + 1].cumsum(-1)[:, -1:] - 1
                 outs.append(model(tok, attention_mask=mask[:, :slots], position_ids=pid,
                                   input_pos=torch.tensor([t])).logits)
@@ -328,35 +321,54 @@ def test_stack_tables_follow_cache_windows(monkeypatch):
 
 
 def test_layer_step_rejects_bad_positions_and_linears():
+    from swisslm.kernels import layout
+    from swisslm.kernels.fused_step import linear_layout
+
     model = _tiny_llama()
     model.setup_cache(1, 4)
     blk = model.layers[0]
+    parts = (blk.attn.qkv, blk.attn.out, blk.mlp.gate_up, blk.mlp.down)
+    attn = kernels.attention_layout(4, 2, 16, False, None)
+    attn.set_cache(blk.attn.cache.k, blk.attn.cache.v)
     with pytest.raises(ValueError, match="cannot run"):  # autograd needs the weights: no descriptors
-        kernels.layer_step(torch.randn(1, 1, 64), blk.norm_attn.weight, blk.norm_mlp.weight, 1e-5, 1.0,
-                           [m.kernel_linear() for m in (blk.attn.qkv, blk.attn.out, blk.mlp.gate_up, blk.mlp.down)],
-                           48, 4, 2, 16, None, blk.attn.cache.k, blk.attn.cache.v, torch.tensor([0]), None, None)
+        kernels.layer_layout(blk.norm_attn.weight, blk.norm_mlp.weight, 1e-5, 1.0, [linear_layout(m) for m in parts],
+                             48, attn)
     with torch.no_grad():
-        lins = [m.kernel_linear() for m in (blk.attn.qkv, blk.attn.out, blk.mlp.gate_up, blk.mlp.down)]
-        args = (torch.randn(1, 1, 64), blk.norm_attn.weight.detach(), blk.norm_mlp.weight.detach(), 1e-5, 1.0)
-        tail = (48, 4, 2, 16, None, blk.attn.cache.k, blk.attn.cache.v)
+        lins = [linear_layout(m) for m in parts]
+        x = torch.randn(1, 1, 64)
+        norms = (blk.norm_attn.weight.detach(), blk.norm_mlp.weight.detach(), 1e-5, 1.0)
+        good = kernels.layer_layout(*norms, lins, 48, attn)
         with pytest.raises(IndexError, match="cache"):
-            kernels.layer_step(*args, lins, *tail, torch.tensor([4]), None, None)
-        bad = list(lins)
-        bad[3] = (2, *lins[3][1:5], 24)  # int4 with a group size that is not a multiple of 16
+            kernels.layer_step(x, good, kernels.step_args(1, None, torch.tensor([4]), None))
+        bad_lins = list(lins)
+        bad_lins[3] = (2, *lins[3][1:5], 24)  # int4 with a group size that is not a multiple of 16
+        bad = kernels.layer_layout(*norms, bad_lins, 48, attn)
         with pytest.raises(ValueError, match="cannot run"):
-            kernels.layer_step(*args, bad, *tail, torch.tensor([0]), None, None)
+            kernels.layer_step(x, bad, kernels.step_args(1, None, torch.tensor([0]), None))
         # the whole-stack call checks every layer before the first one runs
-        rows = [kernels.stack_layer_args(args[1], args[2], 1e-5, 1.0, lin, 48, 4, 2, 16, False,
-                                         blk.attn.cache.k, blk.attn.cache.v, None) for lin in (lins, lins, bad)]
-        ints = torch.tensor([r[0] for r in rows], dtype=torch.int64)
-        floats = torch.tensor([r[1] for r in rows], dtype=torch.float64)
+        table = (layout.Layer * 3)(good, good, bad)
         with pytest.raises(ValueError, match="cannot run"):
-            kernels.stack_step(args[0], ints, floats, kernels.step_args(1, 4, None, torch.tensor([0]), None))
+            kernels.stack_step(x, table, kernels.step_args(1, None, torch.tensor([0]), None))
         with pytest.raises(IndexError, match="cache"):
-            kernels.stack_step(args[0], ints[:2], floats[:2], kernels.step_args(1, 4, None, torch.tensor([4]), None))
-        with pytest.raises(ValueError, match="do not fit"):
-            kernels.stack_step(args[0], ints[:, :5], floats, kernels.step_args(1, 4, None, torch.tensor([0]), None))
+            kernels.stack_step(x, (layout.Layer * 2)(good, good), kernels.step_args(1, None, torch.tensor([4]), None))
+        with pytest.raises(ValueError, match="row"):  # x has 2 rows, the step 1
+            kernels.stack_step(torch.randn(2, 1, 64), table, kernels.step_args(1, None, torch.tensor([0]), None))
     assert not blk.attn.cache.k.any()  # nothing written by any of the calls
+
+
+def test_layouts_match_the_c_structs():
+    # The module refuses to load when a mirror's size differs; offsets are pinned here too, the
+    # ones a reordered field of the same size would move.
+    import ctypes
+
+    from swisslm.kernels import layout
+
+    lib = kernels._lib()
+    for i, cls in enumerate(layout.STRUCTS):
+        assert lib.layout_size(i) == ctypes.sizeof(cls)
+    assert layout.Layer.lin.offset == 24 and layout.Layer.attn.offset == 24 + 4 * 48 + 8
+    with pytest.raises(RuntimeError, match="differ"):
+        layout.check_sizes(lambda i: 0)
 
 
 def test_mixin_in_a_fused_slot_takes_the_generic_path():

@@ -44,13 +44,14 @@ def dense_reference(m: MoE, x):
     return out.view(B, T, C)
 
 
-@pytest.fixture(params=["auto", "loop", "native"])
+@pytest.fixture(params=["auto", "loop", "native", "kernel"])
 def backend(request, monkeypatch):
+    """GROUPED_BACKEND, or "kernel": "auto" on the CPU kernel backend (kernels.apply_)."""
     if request.param == "native" and not moe_mod._native_grouped_mm_ok("cpu", torch.float32):
         pytest.skip("torch._grouped_mm does not run on this CPU/torch")
-    if request.param == "auto" and not kernels.available():
+    if request.param == "kernel" and not kernels.available():
         pytest.skip("swisslm's CPU kernels did not build here")
-    monkeypatch.setattr(moe_mod, "GROUPED_BACKEND", request.param)
+    monkeypatch.setattr(moe_mod, "GROUPED_BACKEND", "auto" if request.param == "kernel" else request.param)
     return request.param
 
 
@@ -59,6 +60,8 @@ def backend(request, monkeypatch):
                          ids=["top1", "top2-norm", "all-experts", "shared"])
 def test_grouped_compute_matches_dense_reference_values_and_grads(kw, backend):
     m = random_moe(moe_cfg(**kw))
+    if backend == "kernel":
+        kernels.apply_(m)
     x = torch.randn(3, 5, 32, requires_grad=True)
     ours = m(x)
     ref = dense_reference(m, x)
@@ -75,7 +78,7 @@ def test_grouped_compute_matches_dense_reference_values_and_grads(kw, backend):
 def test_inference_kernel_path_matches_dense_reference(tokens, isa, monkeypatch):
     # Inference on the CPU: experts through swisslm's linear kernel, silu(gate) * up * routing
     # weight in one fused pass (counted, so the test fails if the fused path is not taken).
-    m = random_moe(moe_cfg(num_experts_per_tok=2, norm_topk_prob=True))
+    m = kernels.apply_(random_moe(moe_cfg(num_experts_per_tok=2, norm_topk_prob=True)))
     calls = []
     fused = kernels.silu_mul
     monkeypatch.setattr(kernels, "silu_mul", lambda *a: calls.append(a) or fused(*a))
@@ -90,7 +93,8 @@ def test_inference_kernel_path_matches_dense_reference(tokens, isa, monkeypatch)
 def test_expert_rows_cut_follows_the_fp32_kernel(isa, monkeypatch):
     # 40 rows per expert: swisslm's kernel where it runs on AVX2, torch's GEMM on AVX-512 (which
     # leads there from ~32 rows); 8 rows: the kernel on both. Same results either way.
-    from swisslm.core.moe import _grouped_linear_eager, kernel_max_rows
+    from swisslm.kernels.backend import grouped_linear_kernel_eager as _grouped_linear_eager
+    from swisslm.kernels.backend import kernel_max_rows
 
     assert kernel_max_rows() == {"avx2": 96, "avx512": 24}[isa]
     calls = []

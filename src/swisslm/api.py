@@ -223,20 +223,27 @@ class AutoModel:
         path: str | Path | None = None,
         dtype: str | torch.dtype = "float32",
         device: str | torch.device = "cpu",
+        backend: str = "auto",
     ) -> Model:
         """Load an HF folder (config.json + safetensors), a .gguf file, a Hugging Face repo id
         found in the local HF cache (`ORG/NAME`, `ORG/NAME@REVISION`, `ORG/NAME/FILE.gguf`; a
         local path of the same name wins; never downloads), or, with None, the embedded default
-        SmolLM2-135M-Instruct."""
+        SmolLM2-135M-Instruct. `backend`: "auto" puts a CPU model on swisslm's CPU kernels where
+        they run (kernels.apply_), "cpu" insists on them, "torch" keeps plain torch."""
+        from .kernels.backend import apply_backend_
+
         src = resolve_model(path) if path is not None else default_model_path()
         model, tokenizer = load_model(src, dtype, device, model_cls=Model)
         model.tokenizer = tokenizer
         model.source = str(src)
         model.name_or_path = str(path) if path is not None else str(src)
-        return model
+        return apply_backend_(model, backend)
 
     @staticmethod
     def from_config(cfg: ModelConfig, dtype: str | torch.dtype = "float32", device: str = "cpu",
-                    seed: int | None = None) -> Model:
-        """A randomly initialised model (for training from scratch and tests)."""
-        return new_model(cfg, Model, parse_dtype(dtype), device, seed)
+                    seed: int | None = None, backend: str = "auto") -> Model:
+        """A randomly initialised model (for training from scratch and tests); `backend` as in
+        from_pretrained."""
+        from .kernels.backend import apply_backend_
+
+        return apply_backend_(new_model(cfg, Model, parse_dtype(dtype), device, seed), backend)

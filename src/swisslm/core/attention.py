@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import kernels
 from ..config import ModelConfig
 from .kv_cache import KVCache
 from .linear import Linear
@@ -28,16 +27,7 @@ def sdpa_attention(
     scale: float,
     is_causal: bool,
 ) -> torch.Tensor:
-    """q (B, H, T, D), k/v (B, H_kv, S, D), mask bool (B, 1, T, S) True = attend.
-    A one-token CPU step runs swisslm's decode kernel, which reads only the cached keys the
-    mask lets through; SDPA reads the whole static cache."""
-    # Decode-sized means up to MAX_ROWS batch rows (q[:, 0] is (B, 1, D)); the caches are long by
-    # design, so k and v need only be fp32 CPU tensors with no autograd through them.
-    if (q.shape[2] == 1 and kernels.decode_ok(q[:, 0]) and k.is_cpu and v.is_cpu
-            and k.dtype == v.dtype == torch.float32
-            and not (torch.is_grad_enabled() and (k.requires_grad or v.requires_grad))
-            and (mask is None or mask.dtype == torch.bool)):
-        return kernels.decode_attention(q, k, v, mask, scale)
+    """q (B, H, T, D), k/v (B, H_kv, S, D), mask bool (B, 1, T, S) True = attend."""
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, scale=scale, is_causal=is_causal and mask is None,
         enable_gqa=q.shape[1] != k.shape[1],
@@ -86,7 +76,7 @@ class QKVTransform(nn.Module):
         return q, k, v
 
 
-def _identity_qkv(q, k, v):
+def identity_qkv(q, k, v):
     return q, k, v
 
 
@@ -104,31 +94,16 @@ class Attention(nn.Module):
         if has_transform:
             self.qkv_norm = QKVTransform(cfg)
         # Slot defaults (see slots.py); the forward calls only these attributes.
-        set_slot(self, "qkv_transform", self.qkv_norm if has_transform else _identity_qkv)
+        set_slot(self, "qkv_transform", self.qkv_norm if has_transform else identity_qkv)
         set_slot(self, "position_embedding", apply_rotary if cfg.position == "rope" else no_rotary)
         set_slot(self, "attention_fn", sdpa_attention)
 
-    def fused_slots_default(self) -> bool:
-        """Whether the slots a fused one-token step replaces hold their defaults (identity qkv
-        transform, rotate-half rotary or none, SDPA): a mixin in any of them gets the generic
-        path, so slots keep their meaning. Also asked by core/fused_step.py for whole layers."""
-        return (self.qkv_transform_impl is _identity_qkv and self.attention_fn_impl is sdpa_attention
-                and self.position_embedding_impl in (apply_rotary, no_rotary))
-
-    def _fused_step_ok(self, qkv: torch.Tensor, rope, mask) -> bool:
-        """Whether a one-token cached step may run as one fused kernel call."""
-        return (self.fused_slots_default() and (self.position_embedding_impl is no_rotary or rope is not None)
-                and kernels.decode_ok(qkv) and kernels.cache_ok(self.cache.k, self.cache.v)
-                and (mask is None or mask.dtype == torch.bool))
-
     def forward(self, x, rope, mask, input_pos):
-        B, T, _ = x.shape
-        qkv = self.qkv(x)
-        if T == 1 and input_pos is not None and self._fused_step_ok(qkv, rope, mask):
-            y = kernels.attention_step(qkv, self.n_heads, self.n_kv, self.head_dim,
-                                       rope if self.position_embedding_impl is apply_rotary else None,
-                                       self.cache.k, self.cache.v, input_pos, mask, self.scale)
-            return self.out(y)
+        return self.out(self.attend(self.qkv(x), rope, mask, input_pos))
+
+    def attend(self, qkv, rope, mask, input_pos):
+        """qkv (B, T, (H + 2 H_kv) D) -> (B, T, H D), the input of the output projection."""
+        B, T, _ = qkv.shape
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q, k, v = self.qkv_transform_impl(q, k, v)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
@@ -138,4 +113,4 @@ class Attention(nn.Module):
         if input_pos is not None:
             k, v = self.cache.update(input_pos, k, v)  # (B, H_kv, S_max, D)
         y = self.attention_fn_impl(q, k, v, mask, self.scale, self.causal)  # (B, H, T, D)
-        return self.out(y.transpose(1, 2).reshape(B, T, self.q_size))
+        return y.transpose(1, 2).reshape(B, T, self.q_size)

@@ -8,15 +8,14 @@ through the slots of slots.py.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .. import kernels
 from ..config import ModelConfig
 from .attention import Attention
-from .fused_step import fused_layer_step, fused_stack_step
 from .kv_cache import KVCache
 from .linear import Linear
 from .mlp import GatedMLP, PlainMLP
@@ -101,9 +100,6 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        # A one-token step of this layout may run as one kernel call (core/fused_step.py).
-        self.fusable = (not cfg.parallel_residual and not cfg.post_norm and cfg.norm == "rmsnorm"
-                        and cfg.mlp == "gated" and cfg.activation == "silu" and not cfg.num_experts)
         self.parallel = cfg.parallel_residual
         self.post_norm = cfg.post_norm
         self.residual_multiplier = cfg.residual_multiplier
@@ -121,11 +117,7 @@ class Block(nn.Module):
     def scaled_residual(self, x, branch):
         return x + branch * self.residual_multiplier
 
-    def forward(self, x, rope, mask, input_pos, step=None):
-        if step is not None and self.fusable:
-            y = fused_layer_step(self, x, rope, mask, input_pos, step)
-            if y is not None:
-                return y
+    def forward(self, x, rope, mask, input_pos):
         if self.post_norm:
             x = self.norm_attn(self.residual_impl(x, self.attn(x, rope, mask, input_pos)))
             return self.norm_mlp(self.residual_impl(x, self.mlp_impl(x)))
@@ -150,6 +142,10 @@ class Transformer(SlotHost, nn.Module):
         self.mixins = nn.ModuleDict()
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
         self.max_cache_len = 0
+        # A backend pass may install a faster way to run the blocks (kernels.apply_: the fused
+        # one-token CPU step): fused_layers(model, h, rope, mask, input_pos) -> h, or None where
+        # it does not take these inputs. Not a slot: it replaces no maths, only how it runs.
+        self.fused_layers: Callable | None = None
         set_slot(self, "embed", self.embed)
         set_slot(self, "final_norm", self.final_norm)
         set_slot(self, "output_head", self.head if cfg.lm_head else _identity)
@@ -179,46 +175,61 @@ class Transformer(SlotHost, nn.Module):
         if self.config.lm_head and self.config.tie_embeddings:
             self.head.proj.weight = self.embed.word.weight
 
-    # -- KV cache ------------------------------------------------------------------------
-    def setup_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> None:
-        """Preallocate every layer's KV cache and the masks indexed by cache position."""
+    # -- KV cache (see kv_cache.py) -------------------------------------------------------
+    def setup_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> list[KVCache]:
+        """Preallocate every layer's KV cache (bound, and returned)."""
         p = next(self.parameters())
         dtype = dtype or (p.dtype if p.is_floating_point() else torch.float32)
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             dtype = torch.float32
         cfg = self.config
-        for blk in self.layers:
-            blk.attn.cache = KVCache(batch_size, cfg.num_kv_heads, max_len, cfg.head_dim, dtype, p.device)
-        pos = torch.arange(max_len, device=p.device)
-        self.register_buffer("causal_mask", pos[None, :] <= pos[:, None], persistent=False)  # (S, S)
-        self.register_buffer("diag_mask", pos[None, :] == pos[:, None], persistent=False)
-        self.max_cache_len = max_len
+        caches = [KVCache(batch_size, cfg.num_kv_heads, max_len, cfg.head_dim, dtype, p.device) for _ in self.layers]
+        self.bind_cache(caches)
+        return caches
+
+    def caches(self) -> list[KVCache]:
+        """The bound caches, one per layer (empty before setup_cache)."""
+        return [blk.attn.cache for blk in self.layers if blk.attn.cache is not None]
+
+    def bind_cache(self, caches: list[KVCache]) -> None:
+        """Make `caches` (one per layer, e.g. KVCache.view windows of setup_cache's) the ones the
+        next forwards read and write; attention masks then cover their slots."""
+        if len(caches) != len(self.layers):
+            raise ValueError(f"{len(caches)} caches for {len(self.layers)} layers")
+        for blk, cache in zip(self.layers, caches):
+            blk.attn.cache = cache
+        self.max_cache_len = caches[0].max_len if caches else 0
 
     def clear_cache(self) -> None:
         for blk in self.layers:
             blk.attn.cache = None
         self.max_cache_len = 0
 
-    def reorder_cache(self, index: torch.Tensor) -> None:
-        for blk in self.layers:
-            blk.attn.cache.reorder(index)
+    def reorder_cache(self, index: torch.Tensor, length: int | None = None) -> None:
+        """Row i of every cache becomes old row index[i] (beam search; KVCache.reorder_)."""
+        for cache in self.caches():
+            cache.reorder_(index, length)
 
     # -- forward -------------------------------------------------------------------------
     def _mask(self, attention_mask, input_pos, B, T, device):
         """Boolean (B, 1, T, S) mask, True = attend; None means plain causal / full attention.
 
-        Query rows whose own token is padding are allowed to see themselves (diag) so SDPA never
-        softmaxes an all -inf row into NaN; those rows are ignored by every caller.
+        Cached: computed from the positions (key slot <= query position), never stored as an
+        (S, S) table (2 GiB of bools at a 32k context). Query rows whose own token is padding
+        are allowed to see themselves (diag) so SDPA never softmaxes an all -inf row into NaN;
+        those rows are ignored by every caller.
         """
         if input_pos is not None:  # cached: keys are the whole static buffer
-            # input_pos (T,) -> (1, 1, T, S); per-row (B, T) -> (B, 1, T, S)
-            m = self.causal_mask[input_pos].unsqueeze(-3)
+            S = self.max_cache_len
+            keys = torch.arange(S, device=device)
+            pos = input_pos[..., None]  # (T, 1) shared, or (B, T, 1) per row
+            m = (keys <= pos).unsqueeze(-3)  # (1, T, S) or (B, 1, T, S)
             m = m[None] if input_pos.dim() == 1 else m
             if attention_mask is not None:
-                pad = attention_mask[:, None, None, : self.max_cache_len].bool()
-                diag = self.diag_mask[input_pos].unsqueeze(-3)
-                m = (m & pad) | (diag[None] if input_pos.dim() == 1 else diag)
-            return m.expand(B, 1, T, self.max_cache_len)
+                diag = (keys == pos).unsqueeze(-3)
+                diag = diag[None] if input_pos.dim() == 1 else diag
+                m = (m & attention_mask[:, None, None, :S].bool()) | diag
+            return m.expand(B, 1, T, S)
         if attention_mask is None:
             return None
         pad = attention_mask[:, None, None, :].bool()  # (B, 1, 1, T)
@@ -251,17 +262,12 @@ class Transformer(SlotHost, nn.Module):
         h = self.embed_impl(input_ids, position_ids, token_type_ids)  # (B, T, C)
         rope = rope_cos_sin(self.inv_freq, position_ids, h.dtype) if self.config.position == "rope" else None
         mask = self._mask(attention_mask, input_pos, B, T, device)
-        # A cached one-token CPU step: the attention arguments every layer shares, built once.
-        step = None
-        if (T == 1 and input_pos is not None and self.layers[0].fusable and kernels.decode_ok(h)
-                and self.layers[0].attn.cache is not None and (mask is None or mask.dtype == torch.bool)):
-            step = kernels.step_args(B, self.layers[0].attn.cache.k.shape[2], rope, input_pos, mask)
-        fused = fused_stack_step(self, h, rope, step) if step is not None else None
+        fused = self.fused_layers(self, h, rope, mask, input_pos) if self.fused_layers is not None else None
         if fused is not None:
             h = fused
         else:
             for blk in self.layers:
-                h = blk(h, rope, mask, input_pos, step)
+                h = blk(h, rope, mask, input_pos)
         h = self.final_norm_impl(h)
         logits = None
         if self.config.lm_head:

@@ -1,6 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
 """Static, preallocated KV cache (gpt-fast style): written by index, never grown with cat,
-so decode shapes stay fixed and compiled steps never recompile."""
+so decode shapes stay fixed and compiled steps never recompile.
+
+The public surface the decode loops use (generation/, serve/engine.py):
+
+    caches = model.setup_cache(batch, max_len)      # one KVCache per layer
+    model.bind_cache([c.view(0, rows, slots) for c in caches])   # a window of rows x slots
+    model.reorder_cache(index, length)               # beams: row i <- old row index[i]
+    model.bind_cache(caches)                         # back to the full buffers
+"""
 
 from __future__ import annotations
 
@@ -17,6 +25,38 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
+    @classmethod
+    def wrap(cls, k: torch.Tensor, v: torch.Tensor) -> KVCache:
+        """A cache over existing (B, H_kv, S, D) buffers (views included), no copy."""
+        if k.shape != v.shape or k.dim() != 4:
+            raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must be the same (B, H_kv, S, D)")
+        cache = cls.__new__(cls)
+        nn.Module.__init__(cache)
+        cache.register_buffer("k", k, persistent=False)
+        cache.register_buffer("v", v, persistent=False)
+        return cache
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[0]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+    def view(self, start: int, rows: int, slots: int) -> KVCache:
+        """Rows [start, start + rows) and slots [0, slots) of this cache, sharing its storage (the
+        writes of a forward bound to the view land in these buffers)."""
+        if not (0 <= start and rows > 0 and start + rows <= self.batch and 0 < slots <= self.max_len):
+            raise ValueError(f"rows [{start}, {start + rows}) x slots {slots} outside a cache of "
+                             f"{self.batch} rows x {self.max_len} slots")
+        return KVCache.wrap(self.k[start:start + rows, :, :slots], self.v[start:start + rows, :, :slots])
+
+    def repeat_rows(self, n: int) -> KVCache:
+        """A new cache with every row repeated n times (row b -> rows b*n .. b*n+n-1): a prompt's
+        cache copied to its beams."""
+        return KVCache.wrap(self.k.repeat_interleave(n, 0), self.v.repeat_interleave(n, 0))
+
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Write k, v (B, H_kv, T, D) at cache positions input_pos: (T,) shared by every row, or
         (B, T) per row (continuous batching, where rows sit at different positions).
@@ -30,7 +70,9 @@ class KVCache(nn.Module):
             self.v.scatter_(2, idx, v)
         return self.k, self.v
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Select batch rows (beam search): row i becomes old row index[i]."""
-        self.k.copy_(self.k.index_select(0, index))
-        self.v.copy_(self.v.index_select(0, index))
+    def reorder_(self, index: torch.Tensor, length: int | None = None) -> None:
+        """In place, row i becomes old row index[i] (beam search), over the first `length`
+        positions only (the rest of the static buffer is unwritten; None: all)."""
+        n = self.max_len if length is None else length
+        self.k[:, :, :n] = self.k[:, :, :n].index_select(0, index)
+        self.v[:, :, :n] = self.v[:, :, :n].index_select(0, index)

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import kernels
 from .linear import Linear
 
 ACTIVATIONS = {
@@ -30,8 +29,6 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.gate_up(x)
-        if self.act is F.silu and kernels.decode_ok(h):
-            return self.down(kernels.silu_mul(h))  # decode: one call for split + silu + mul
         gate, up = h.split(self.inter, dim=-1)
         return self.down(self.act(gate) * up)
 

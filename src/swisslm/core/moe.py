@@ -30,7 +30,6 @@ import math
 import torch
 from torch import nn
 
-from .. import kernels
 from ..config import ModelConfig
 from .linear import Linear
 from .mlp import ACTIVATIONS, GatedMLP
@@ -38,27 +37,11 @@ from .mlp import ACTIVATIONS, GatedMLP
 # -- grouped matmul ------------------------------------------------------------------------
 
 
-# "auto": swisslm's CPU kernel per expert where it runs (fp32 on the CPU), else torch's native
-# _grouped_mm when it runs here and most experts have rows, else the loop below (with fewer rows
-# than experts -- decode -- skipping the empty experts up front beats the native kernel's walk over
-# all E groups). "native" / "loop" force one (tests, benchmarks).
+# "auto": torch's native _grouped_mm when it runs here and most experts have rows, else the loop
+# below (with fewer rows than experts -- decode -- skipping the empty experts up front beats the
+# native kernel's walk over all E groups). "native" / "loop" force one (tests, benchmarks). The
+# CPU kernel backend (kernels.apply_) runs its own per-expert kernel under "auto".
 GROUPED_BACKEND: str = "auto"
-
-# Experts with at most this many rows go through swisslm's CPU kernel, larger ones through torch's
-# mm. The kernel reads each weight row once, in place, from the stacked (E, out, in) tensor; MKL's
-# GEMM first repacks the expert's whole weight, which at tens of rows costs as much as the
-# multiply. Where the kernel runs on AVX2 (measured on an AVX2-only AMD host; OLMoE-1B-7B expert
-# shapes, 2 threads) it did ~135-150 against ~65-130 GFLOP/s from 16 to 64 rows, level at ~96.
-# On an AVX-512 CPU torch's GEMM runs 16-wide as well and pulls ahead much earlier: on Emerald
-# Rapids ours led up to 16 rows (83-90 vs 61-72 GFLOP/s) and trailed from 32 (95-98 vs 105;
-# 97-105 vs 155-190 at 96), and with the AVX2 cut the MoE layer's prefill ran at 0.8x of
-# transformers'. kernel_max_rows() picks the cut for the fp32 kernel in use.
-KERNEL_MAX_ROWS = {"avx2": 96, "avx512": 24}
-
-
-def kernel_max_rows() -> int:
-    """Most rows an expert may have to go through swisslm's kernel (needs the kernels)."""
-    return KERNEL_MAX_ROWS[kernels.f32_isa()]
 
 
 @functools.cache
@@ -82,22 +65,15 @@ def _grouped_linear_eager(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) 
     """x (S, in) rows sorted by expert, w (E, out, in), offs (E,) int32 cumulative row ends."""
     if x.shape[0] == 0:
         return x.new_empty(0, w.shape[1])
-    # The op has its own backward, so the kernels may run here even while training.
-    kernel = (GROUPED_BACKEND == "auto" and x.dtype == w.dtype and x.is_cpu and x.dtype == torch.float32
-              and w.is_contiguous() and kernels.available() and not torch.compiler.is_compiling())
-    native = GROUPED_BACKEND == "native" or (GROUPED_BACKEND == "auto" and not kernel and x.shape[0] >= w.shape[0])
+    native = GROUPED_BACKEND == "native" or (GROUPED_BACKEND == "auto" and x.shape[0] >= w.shape[0])
     if native and x.dtype == w.dtype and _native_grouped_mm_ok(x.device.type, x.dtype):
         return torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)
     # One product per expert that received rows (a loop over <= E experts, never over tokens).
     out = x.new_empty(x.shape[0], w.shape[1])
-    max_rows = kernel_max_rows() if kernel else 0
     start = 0
     for e, end in enumerate(offs.tolist()):
         if end > start:
-            if end - start <= max_rows:
-                kernels.linear_f32(x[start:end], w[e], out=out[start:end])
-            else:
-                torch.mm(x[start:end], w[e].t(), out=out[start:end])
+            torch.mm(x[start:end], w[e].t(), out=out[start:end])
         start = end
     return out
 
@@ -134,12 +110,12 @@ def _(grad, x, offs):
     return grad.new_empty(offs.shape[0], grad.shape[1], x.shape[1])
 
 
-def _grouped_linear_setup(ctx, inputs, output):
+def grouped_linear_setup(ctx, inputs, output):
     x, w, offs = inputs
     ctx.save_for_backward(x, w, offs)
 
 
-def _grouped_linear_backward(ctx, grad):
+def grouped_linear_backward(ctx, grad):
     x, w, offs = ctx.saved_tensors
     grad = grad.contiguous()
     gx = grouped_linear(grad, w.transpose(-2, -1).contiguous(), offs) if ctx.needs_input_grad[0] else None
@@ -147,7 +123,8 @@ def _grouped_linear_backward(ctx, grad):
     return gx, gw, None
 
 
-grouped_linear.register_autograd(_grouped_linear_backward, setup_context=_grouped_linear_setup)
+# Shared with the kernel backend's op of the same signature (kernels/backend.py).
+grouped_linear.register_autograd(grouped_linear_backward, setup_context=grouped_linear_setup)
 
 
 # -- the MoE block -------------------------------------------------------------------------
@@ -166,7 +143,6 @@ class MoE(nn.Module):
         self.num_layers = cfg.num_layers  # for the depth-scaled init of `down`
         self.norm_topk_prob = cfg.norm_topk_prob
         self.act = ACTIVATIONS[cfg.activation]
-        self.fused_silu = cfg.activation == "silu"  # silu(gate) * up * weight in one kernel pass
         self.router = Linear(C, E, bias=False)
         self.gate_up = nn.Parameter(torch.empty(E, 2 * I, C))  # (E, 2I, C): [gate; up] rows
         self.down = nn.Parameter(torch.empty(E, C, I))  # (E, C, I)
@@ -205,6 +181,17 @@ class MoE(nn.Module):
             y = y + self.shared(x)
         return y.view(B, T, C)
 
+    # The two steps a backend may replace (kernels.backend.KernelMoE); the bookkeeping around
+    # them stays here.
+    def grouped(self, x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+        """x (S, in) rows sorted by expert, w (E, out, in) -> (S, out)."""
+        return grouped_linear(x, w, offs)
+
+    def activate(self, h: torch.Tensor, w_sorted: torch.Tensor) -> torch.Tensor:
+        """h (S, 2I) = [gate | up], w_sorted (S,) routing weights -> act(gate) * up * w (S, I)."""
+        gate, up = h.split(self.inter, dim=-1)
+        return self.act(gate) * up * w_sorted[:, None]
+
     def experts_forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
         """x (N, C), weights/experts (N, k) -> sum_k weight * expert_k(x) (N, C)."""
         N, k = experts.shape
@@ -215,18 +202,13 @@ class MoE(nn.Module):
         counts.scatter_add_(0, flat, torch.ones_like(flat))  # rows per expert, no host sync
         offs = counts.cumsum(0).to(torch.int32)  # (E,) row ends
         xs = x.index_select(0, token)  # (S, C); index_select: ~30% faster than x[token] on CPU
-        h = grouped_linear(xs, self.gate_up, offs)  # (S, 2I)
+        h = self.grouped(xs, self.gate_up, offs)  # (S, 2I)
         if self.lora_gate_up is not None:
             h = h + self.lora_gate_up(xs, offs)
         # The routing weight scales the (S, I) activation instead of the (S, C) output: the down
         # projection is linear, so it is the same sum, on half the width.
-        w_sorted = weights.reshape(-1)[order]  # (S,)
-        if self.fused_silu and kernels.decode_ok(h[:1], w_sorted):
-            a = kernels.silu_mul(h, w_sorted)  # one pass over (S, 2I) instead of four
-        else:
-            gate, up = h.split(self.inter, dim=-1)
-            a = self.act(gate) * up * w_sorted[:, None]  # (S, I)
-        y = grouped_linear(a, self.down, offs)  # (S, C)
+        a = self.activate(h, weights.reshape(-1)[order])  # (S, I)
+        y = self.grouped(a, self.down, offs)  # (S, C)
         if self.lora_down is not None:
             y = y + self.lora_down(a, offs)
         # Back to token-major pair order (gather by the inverse permutation), then sum each

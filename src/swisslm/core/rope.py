@@ -11,7 +11,6 @@ import math
 
 import torch
 
-from .. import kernels
 from ..config import ModelConfig
 
 
@@ -64,8 +63,6 @@ def apply_rotary(
     """Rotate the first rotary_dim channels of q, k (B, H, T, D); the rest pass through (NeoX)."""
     cos, sin = rope
     rd = cos.shape[-1]
-    if kernels.decode_ok(q) and kernels.decode_ok(k) and cos.dtype == torch.float32 and rd <= q.shape[-1]:
-        return kernels.rope(q, k, cos, sin)  # one call per tensor instead of ~8 torch ops
     if rd == q.shape[-1]:
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
     q_rot, q_pass = q[..., :rd], q[..., rd:]

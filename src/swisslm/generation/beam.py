@@ -38,23 +38,6 @@ def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.take_along_dim(t, idx, dim=1)
 
 
-def _expand_cache(model, n: int) -> None:
-    """Repeat every cached row n times (prompt b -> beams b*n .. b*n+n-1)."""
-    for blk in model.layers:
-        c = blk.attn.cache
-        c.k = c.k.repeat_interleave(n, 0)
-        c.v = c.v.repeat_interleave(n, 0)
-
-
-def _reorder_cache(model, index: torch.Tensor, length: int) -> None:
-    """Row i of the cache becomes old row index[i], for the first `length` positions only
-    (the rest of the static buffer is unwritten)."""
-    for blk in model.layers:
-        c = blk.attn.cache
-        c.k[:, :, :length] = c.k[:, :, :length].index_select(0, index)
-        c.v[:, :, :length] = c.v[:, :, :length].index_select(0, index)
-
-
 @torch.no_grad()
 def beam_search(
     model,
@@ -108,7 +91,7 @@ def beam_search(
     logits = model(input_ids, attention_mask=pmask, position_ids=positions,
                    input_pos=torch.arange(T, device=device), num_logits_to_keep=1).logits[:, -1]
     logits = logits.float().repeat_interleave(nb, 0)  # (B*nb, V)
-    _expand_cache(model, nb)
+    model.bind_cache([c.repeat_rows(nb) for c in model.caches()])  # prompt b -> beams b*nb ..
     mask = pmask.repeat_interleave(nb, 0)  # beams of one prompt share its padding
     next_pos = (positions[:, -1] + 1).repeat_interleave(nb, 0)
     pad_prompt = (amask == 0).repeat_interleave(nb, 0)  # (B*nb, T)
@@ -186,7 +169,7 @@ def beam_search(
         if not go_on:
             break
         if not torch.equal(src, torch.arange(B * nb, device=device)):
-            _reorder_cache(model, src, cur_len - 1)
+            model.reorder_cache(src, cur_len - 1)  # only the written positions
         tok = running_sequences[:, :, cur_len - 1].reshape(B * nb, 1)
         logits = model(tok, attention_mask=mask, position_ids=next_pos[:, None],
                        input_pos=torch.tensor([cur_len - 1], device=device)).logits[:, -1].float()

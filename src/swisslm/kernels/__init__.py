@@ -1,32 +1,41 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Hand-written CPU kernels for the decode step (the why is at the top of each C file).
+"""swisslm's CPU backend: hand-written kernels for the decode step (the why is at the top of each
+C file) and the pass that puts a built model on them.
 
     from swisslm import kernels
-    if kernels.decode_ok(x, weight):          # small fp32 CPU batch, no autograd, not compiling
-        y = kernels.linear_f32(x, weight, bias)   # AVX-512 where the CPU has it, else AVX2
-        y = kernels.linear_i8(x, q, scales, bias)
-        y = kernels.linear_i4(x, packed, scales, mins, group_size, bias)
-        y = kernels.rms_norm(x, weight, eps)
-        q, k = kernels.rope(q, k, cos, sin)
-        y = kernels.decode_attention(q, k_cache, v_cache, mask, scale)
+    kernels.apply_(model)                 # kernel-backed modules + the fused one-token step
+    kernels.describe(model)               # which backend and ISA each linear runs
+    kernels.remove_(model)                # plain torch again
+
+    # the ops, for decode-sized inputs (kernels.decode_ok(x, weight)):
+    y = kernels.linear_f32(x, weight, bias)   # AVX-512 where the CPU has it, else AVX2
+    y = kernels.linear_i8(x, q, scales, bias)
+    y = kernels.linear_i4(x, packed, scales, mins, group_size, bias)
+    y = kernels.rms_norm(x, weight, eps)
+    q, k = kernels.rope(q, k, cos, sin)
+    y = kernels.decode_attention(q, k_cache, v_cache, mask, scale)
 
 The C sources ship with the package and are compiled on first use with the system C compiler
-(`$CC`, else `cc`/`gcc`; about a second) into a per-user cache as a small CPython extension
-(pymodule.c): no torch headers, so building it costs nothing like a torch C++ extension. Everything
-degrades cleanly: without a compiler, on a CPU without AVX2/FMA, or with SWISSLM_KERNELS=0,
-`available()` is False and callers use their torch path. The kernels take data pointers and
-release the GIL; they are called directly rather than through a torch custom op, whose
-dispatch costs more than a decode-sized matmul. Under torch.compile callers take the torch
-path, which inductor captures.
+(`$CC`, else `cc`/`gcc`/`clang`; about a second) into a per-user cache as a small CPython
+extension (pymodule.c): no torch headers, so building it costs nothing like a torch C++
+extension. Without a compiler, on a CPU without AVX2/FMA, or with SWISSLM_KERNELS=0,
+`available()` is False (the reason logged as a warning and in `unavailable_reason()`) and every
+kernel-backed module takes its torch path. The kernels take data pointers and release the GIL;
+they are called directly rather than through a torch custom op, whose dispatch costs more than a
+decode-sized matmul. Under torch.compile callers take the torch path, which inductor captures.
 """
+
+
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import importlib.util
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sysconfig
@@ -36,11 +45,15 @@ from types import ModuleType
 
 import torch
 
+from . import layout
+
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(n) for n in ("cpu_linear.c", "cpu_decode.c", "cpu_layer.c", "pymodule.c")]
 HEADERS = [Path(__file__).with_name("swisslm_kernels.h")]  # part of the build's hash, not of its command
-CFLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+# No -mavx2: the kernel files raise their own ISA (SWL_AVX2_BEGIN in swisslm_kernels.h), so the
+# module loads, and says it cannot run, on an x86-64 without AVX2.
+CFLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 
 _F32 = torch.float32  # outputs are always fp32 whatever torch's default dtype is set to
 
@@ -90,27 +103,50 @@ def _build() -> Path:
     return out
 
 
+_why_not: str | None = None  # why _lib() is None, for unavailable_reason()
+
+
+def _unavailable(why: str, level: int = logging.WARNING) -> None:
+    global _why_not
+    _why_not = why
+    log.log(level, "swisslm CPU kernels unavailable (%s); decode runs on torch", why)
+
+
 @functools.cache
 def _lib() -> ModuleType | None:
     """The compiled extension module, or None where it cannot be had (reason logged once)."""
     if os.environ.get("SWISSLM_KERNELS", "1") == "0":
+        _unavailable("SWISSLM_KERNELS=0", logging.INFO)
         return None
-    if os.uname().machine not in ("x86_64", "AMD64"):
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        _unavailable(f"{platform.machine()} is not x86-64", logging.INFO)
         return None
     try:
         path = _build()
         # Loaded after torch (imported above), so the extension's libgomp dependency resolves to
-        # the copy torch already loaded: one OpenMP thread pool for both.
+        # the copy torch already loaded: one OpenMP thread pool for both (docs/ARCHITECTURE.md).
         spec = importlib.util.spec_from_file_location("_swisslm_cpu", path)
         lib = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(lib)
     except (OSError, RuntimeError, ImportError) as e:
-        log.warning("swisslm CPU kernels unavailable (%s); using torch's matmul", e)
+        _unavailable(str(e))
         return None
     if not lib.cpu_supported():
-        log.info("CPU lacks AVX2/FMA; swisslm CPU kernels disabled")
+        _unavailable("this CPU lacks AVX2/FMA")
+        return None
+    try:
+        layout.check_sizes(lib.layout_size)
+    except RuntimeError as e:
+        _unavailable(str(e))
         return None
     return lib
+
+
+def unavailable_reason() -> str | None:
+    """Why the kernels cannot run here (None where they can; "turned off" after set_enabled)."""
+    if _lib() is None:
+        return _why_not
+    return None if _enabled else "turned off (kernels.set_enabled(False))"
 
 
 _enabled = True
@@ -312,68 +348,88 @@ def silu_mul(h: torch.Tensor, row_scale: torch.Tensor | None = None) -> torch.Te
     return out
 
 
-def attention_step(qkv: torch.Tensor, n_heads: int, n_kv: int, head_dim: int,
-                   rope: tuple[torch.Tensor, torch.Tensor] | None, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                   input_pos: torch.Tensor, mask: torch.Tensor | None, scale: float | None) -> torch.Tensor:
-    """One decode token of standard attention, fused: qkv (B, 1, (H + 2 H_kv) D) -> rotary ->
-    cache write at input_pos ((1,) shared or (B, 1) per row) -> attention -> (B, 1, H D).
-    Equals Attention's generic path with the default slots (identity qkv transform, rotate-half
-    rotary or none, SDPA); Attention checks that before calling. The caches may be views into a
-    larger buffer (the server binds row/slot windows) but k and v must share strides and have
-    a contiguous head dim; the writes land in them in place."""
-    B = qkv.shape[0]
-    S = k_cache.shape[2]
-    if qkv.shape[-1] != (n_heads + 2 * n_kv) * head_dim or k_cache.shape[-1] != head_dim:
-        raise ValueError(f"qkv width {qkv.shape[-1]} does not match {n_heads}+2x{n_kv} heads of {head_dim}")
-    if qkv.stride(-1) != 1:
-        qkv = qkv.contiguous()
-    step = step_args(B, S, rope, input_pos, mask)
-    out = torch.empty(B, 1, n_heads * head_dim, dtype=_F32)
-    qbuf = torch.empty(B, n_heads, head_dim, dtype=_F32)
-    kc, vc = k_cache, v_cache
-    ok = _lib().attention_step(qkv.data_ptr(), qkv.stride(0), *step[3:9], kc.data_ptr(), vc.data_ptr(),
-                               kc.stride(0), kc.stride(1), kc.stride(2), *step[9:], out.data_ptr(), qbuf.data_ptr(),
-                               B, n_heads, n_kv, S, head_dim, _scale(scale, head_dim), torch.get_num_threads())
-    if not ok:  # what index_copy_ on the cache would say, instead of writing past it
-        raise IndexError(f"cache position out of range for a KV cache of {S} slots")
-    return out
-
-
 def cache_ok(k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
     """Whether the fused steps can read and write these caches in place: fp32, contiguous head
     dim, k and v with the same strides (views into a larger buffer are fine)."""
     return (k_cache.dtype == _F32 and k_cache.stride(-1) == 1 and k_cache.stride() == v_cache.stride())
 
 
-def step_args(B: int, S: int, rope: tuple[torch.Tensor, torch.Tensor] | None, input_pos: torch.Tensor,
-               mask: torch.Tensor | None) -> tuple:
-    """The per-step attention arguments every layer shares: (tensors the pointers point into, for
-    the caller to keep alive), B, S, then pos, pb, cos, sin, cb, rd, mask, mb, ms as the C entry
-    points take them."""
+def step_args(B: int, rope: tuple[torch.Tensor, torch.Tensor] | None, input_pos: torch.Tensor,
+              mask: torch.Tensor | None, S: int | None = None) -> layout.Step:
+    """The per-step arguments every layer shares, as the SwlStep struct: input_pos ((1,) shared
+    or (B, 1) per row), rotary cos/sin (B or 1, 1, 1, rd) or None, and a bool mask broadcastable
+    to (B, 1, 1, S) or None. The struct keeps the tensors its pointers point into (`.keep`)."""
     if input_pos.dtype != torch.int64 or input_pos.stride(-1) != 1:
         input_pos = input_pos.to(torch.int64).contiguous()
-    pb = input_pos.stride(0) if input_pos.dim() == 2 else 0
-    cptr = sptr = None
-    cb = rd = 0
-    alive = (input_pos,)
+    st = layout.Step()
+    st.pos = input_pos.data_ptr()
+    st.pb = input_pos.stride(0) if input_pos.dim() == 2 else 0
+    keep: tuple = (input_pos,)
     if rope is not None:
-        cos, sin = rope  # (B or 1, 1, 1, rd)
+        cos, sin = rope
         if not (cos.is_contiguous() and sin.is_contiguous()):
             cos, sin = cos.contiguous(), sin.contiguous()
-        cptr, sptr, rd = cos.data_ptr(), sin.data_ptr(), cos.shape[-1]
-        cb = cos.stride(0) if cos.shape[0] == B else 0
-        alive = (input_pos, cos, sin)
-    return (alive, B, S, input_pos.data_ptr(), pb, cptr, sptr, cb, rd, *_mask_args(mask, B, S))
+        st.cos, st.sin, st.rd = cos.data_ptr(), sin.data_ptr(), cos.shape[-1]
+        st.cb = cos.stride(0) if cos.shape[0] == B else 0
+        keep = (input_pos, cos, sin)
+    if mask is not None:
+        S = mask.shape[-1] if S is None else S
+        st.mask, st.mb, st.ms = _mask_args(mask, B, S)
+        keep += (mask,)
+    st.keep, st.B = keep, B
+    return st
 
 
-# (kind, weight, scales, mins, bias, group) of a linear, as `layer_step` takes it: what a module's
-# `kernel_linear()` returns (core/linear.Linear, quant layers), or None where it has none.
-KernelLinear = tuple[int, int, int | None, int | None, int | None, int]
+def attention_layout(n_heads: int, n_kv: int, head_dim: int, rotary: bool, scale: float | None) -> layout.Attention:
+    """An SwlAttention with the layer's shapes (the cache is set per step: Attention.set_cache)."""
+    return layout.Attention(H=n_heads, Hkv=n_kv, D=head_dim, rotary=int(rotary), scale=_scale(scale, head_dim))
 
 
-def _check_linears(linears, who: str) -> None:
+def attention_step(qkv: torch.Tensor, n_heads: int, n_kv: int, head_dim: int,
+                   rope: tuple[torch.Tensor, torch.Tensor] | None, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   input_pos: torch.Tensor, mask: torch.Tensor | None, scale: float | None) -> torch.Tensor:
+    """One decode token of standard attention, fused: qkv (B, 1, (H + 2 H_kv) D) -> rotary ->
+    cache write at input_pos ((1,) shared or (B, 1) per row) -> attention -> (B, 1, H D).
+    Equals Attention's generic path with the default slots (identity qkv transform, rotate-half
+    rotary or none, SDPA); the kernel backend checks that before calling. The caches may be views
+    into a larger buffer (the server binds row/slot windows) but k and v must share strides and
+    have a contiguous head dim; the writes land in them in place."""
+    B = qkv.shape[0]
+    S = k_cache.shape[2]
+    if qkv.shape[-1] != (n_heads + 2 * n_kv) * head_dim or k_cache.shape[-1] != head_dim:
+        raise ValueError(f"qkv width {qkv.shape[-1]} does not match {n_heads}+2x{n_kv} heads of {head_dim}")
+    if not cache_ok(k_cache, v_cache):
+        raise ValueError("attention_step: the caches must be fp32 with a contiguous head dim and equal strides")
+    if qkv.stride(-1) != 1:
+        qkv = qkv.contiguous()
+    st = step_args(B, rope, input_pos, mask, S)
+    attn = attention_layout(n_heads, n_kv, head_dim, rope is not None, scale)
+    attn.set_cache(k_cache, v_cache)
+    out = torch.empty(B, 1, n_heads * head_dim, dtype=_F32)
+    qbuf = torch.empty(B, n_heads, head_dim, dtype=_F32)
+    ok = _lib().attention_step(qkv.data_ptr(), qkv.stride(0), B, layout.address(attn), layout.address(st),
+                               out.data_ptr(), qbuf.data_ptr(), torch.get_num_threads())
+    if not ok:  # what index_copy_ on the cache would say, instead of writing past it
+        raise IndexError(f"cache position out of range for a KV cache of {S} slots")
+    return out
+
+
+# (kind, weight, scales, mins, bias, group) of a linear, the fields of SwlLinear: what a module's
+# `kernel_linear()` returns (quant layers; kernels.fused_step.linear_layout for fp32), or None.
+LinearFields = tuple[int, int, int | None, int | None, int | None, int]
+
+
+def layer_layout(norm1: torch.Tensor, norm2: torch.Tensor, eps: float, residual_multiplier: float,
+                 linears, inter: int, attn: layout.Attention) -> layout.Layer:
+    """An SwlLayer: `linears` are qkv, out, gate_up, down as LinearFields tuples. The caller
+    keeps every tensor the pointers point into alive (kernels/fused_step.py's plans do)."""
     if len(linears) != 4 or any(lin is None for lin in linears):
-        raise ValueError(f"{who}: a linear the kernels cannot run (no kernel_linear() descriptor)")
+        raise ValueError("layer_layout: a linear the kernels cannot run (no kernel_linear() descriptor)")
+    layer = layout.Layer(norm1=norm1.data_ptr(), norm2=norm2.data_ptr(), eps=eps, res_mult=residual_multiplier,
+                         inter=inter, attn=attn)
+    for i, lin in enumerate(linears):
+        layer.lin[i] = layout.Linear(*lin)
+    return layer
 
 
 def _check_status(rc: int, who: str, S: int) -> None:
@@ -385,68 +441,36 @@ def _check_status(rc: int, who: str, S: int) -> None:
         raise ValueError(f"{who}: a linear the kernels cannot run (kind or int4 group size)")
 
 
-def layer_step(x: torch.Tensor, norm1: torch.Tensor, norm2: torch.Tensor, eps: float, residual_multiplier: float,
-               linears: tuple[KernelLinear, KernelLinear, KernelLinear, KernelLinear], inter: int,
-               n_heads: int, n_kv: int, head_dim: int, rope: tuple[torch.Tensor, torch.Tensor] | None,
-               k_cache: torch.Tensor, v_cache: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor | None,
-               scale: float | None, step: tuple | None = None) -> torch.Tensor:
-    """A whole pre-norm decoder layer for one token (cpu_layer.c): x (B, 1, C) -> (B, 1, C),
-    the KV caches written at input_pos. `linears`: qkv, out, gate_up, down as KernelLinear.
-    `step`: step_args(...) computed once for all layers of a forward (recomputed if None).
-    core/fused_step.py decides when a layer may take this; it equals the module path."""
+def _check_x(x: torch.Tensor, st: layout.Step, who: str) -> tuple[torch.Tensor, int, int]:
     B, C = x.shape[0], x.shape[-1]
-    S = k_cache.shape[2]
-    if x.numel() != B * C or norm1.numel() != C or norm2.numel() != C or k_cache.shape[-1] != head_dim:
-        raise ValueError(f"layer_step: x {tuple(x.shape)} / norms / cache do not fit width {C}, head_dim {head_dim}")
-    _check_linears(linears, "layer_step")
-    if not x.is_contiguous():
-        x = x.contiguous()
-    if step is None or step[1] != B or step[2] != S:  # built for other rows / another cache length
-        step = step_args(B, S, rope, input_pos, mask)
+    if x.numel() != B * C or x.dtype != _F32 or st.B != B:
+        raise ValueError(f"{who}: x {tuple(x.shape)} is not one fp32 row per step row ({st.B})")
+    return (x if x.is_contiguous() else x.contiguous()), B, C
+
+
+def layer_step(x: torch.Tensor, layer: layout.Layer, st: layout.Step) -> torch.Tensor:
+    """A whole pre-norm decoder layer for one token (cpu_layer.c): x (B, 1, C) -> (B, 1, C), the
+    layer's KV cache written at the step's positions. `layer` (layer_layout, its cache set) and
+    `st` (step_args) hold the pointers; kernels/fused_step.py decides when a layer may take it."""
+    x, B, C = _check_x(x, st, "layer_step")
     y = torch.empty_like(x)
-    kc, vc = k_cache, v_cache
-    rc = _lib().layer_step(x.data_ptr(), y.data_ptr(), B, C, norm1.data_ptr(), norm2.data_ptr(), eps,
-                           residual_multiplier, *linears[0], *linears[1], *linears[2], *linears[3], inter,
-                           *step[3:9], kc.data_ptr(), vc.data_ptr(), kc.stride(0), kc.stride(1), kc.stride(2),
-                           *step[9:], n_heads, n_kv, S, head_dim, _scale(scale, head_dim), torch.get_num_threads())
-    _check_status(rc, "layer_step", S)
-    return y
-
-
-# Per layer, what stack_step packs (cpu_layer.c STACK_NI / STACK_NF): ints = norm1, norm2,
-# 4 x (kind, weight, scales, mins, bias, group), inter, H, H_kv, D, rotary?, k cache, v cache,
-# cache strides (batch, head, position), cache length; floats = eps, residual multiplier, scale.
-STACK_NI, STACK_NF = 37, 3
-
-
-def stack_layer_args(norm1: torch.Tensor, norm2: torch.Tensor, eps: float, residual_multiplier: float,
-                     linears: tuple, inter: int, n_heads: int, n_kv: int, head_dim: int, rotary: bool,
-                     k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float | None) -> tuple[list, list]:
-    """One layer's (ints, floats) for stack_step, from the same values layer_step takes."""
-    _check_linears(linears, "stack_step")
-    ints = [norm1.data_ptr(), norm2.data_ptr()]
-    for lin in linears:
-        ints += [v or 0 for v in lin]
-    ints += [inter, n_heads, n_kv, head_dim, int(rotary), k_cache.data_ptr(), v_cache.data_ptr(),
-             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.shape[2]]
-    return ints, [eps, residual_multiplier, _scale(scale, head_dim)]
-
-
-def stack_step(x: torch.Tensor, ints: torch.Tensor, floats: torch.Tensor, step: tuple) -> torch.Tensor:
-    """Every layer of a stack for one token in one call (cpu_layer.c swl_stack_step): x (B, 1, C)
-    -> (B, 1, C). `ints` (L, STACK_NI) int64 and `floats` (L, STACK_NF) float64 hold each layer's
-    stack_layer_args; `step` is step_args(...) of this forward. The caller keeps every tensor the
-    packed pointers point into alive (core/fused_step.py's plans do)."""
-    B, C = x.shape[0], x.shape[-1]
-    L = ints.shape[0]
-    if (x.numel() != B * C or ints.dtype != torch.int64 or floats.dtype != torch.float64
-            or ints.shape != (L, STACK_NI) or floats.shape != (L, STACK_NF)
-            or not (ints.is_contiguous() and floats.is_contiguous()) or step[1] != B):
-        raise ValueError("stack_step: x, the packed layer tables or the step arguments do not fit")
-    if not x.is_contiguous():
-        x = x.contiguous()
-    y = torch.empty_like(x)
-    rc = _lib().stack_step(x.data_ptr(), y.data_ptr(), B, C, L, ints.data_ptr(), floats.data_ptr(), *step[3:],
+    rc = _lib().layer_step(x.data_ptr(), y.data_ptr(), B, C, layout.address(layer), layout.address(st),
                            torch.get_num_threads())
-    _check_status(rc, "stack_step", step[2])
+    _check_status(rc, "layer_step", layer.attn.S)
     return y
+
+
+def stack_step(x: torch.Tensor, layers: ctypes.Array, st: layout.Step) -> torch.Tensor:
+    """Every layer of a stack for one token in one call (cpu_layer.c swl_stack_step): x (B, 1, C)
+    -> (B, 1, C); `layers` a ctypes array of layout.Layer (caches set)."""
+    x, B, C = _check_x(x, st, "stack_step")
+    y = torch.empty_like(x)
+    rc = _lib().stack_step(x.data_ptr(), y.data_ptr(), B, C, len(layers), layout.address(layers),
+                           layout.address(st), torch.get_num_threads())
+    _check_status(rc, "stack_step", layers[0].attn.S if len(layers) else 0)
+    return y
+
+
+from .backend import apply_, describe, remove_  # noqa: E402  (the pass uses the ops above)
+
+__all__ = ["apply_", "available", "describe", "remove_", "set_enabled"]

@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+SWL_AVX2_BEGIN
+
 // exp on 8 floats (Cephes' polynomial, as in the widely used avx_mathfun): ~1 ulp, clamped to
 // +-88.38, so exp(-inf) comes out as ~1e-38, not 0 -- callers that need exact zeros mask them.
 static inline __m256 exp256(__m256 x) {
@@ -227,19 +229,18 @@ void swl_silu_mul(const float *h, float *out, int64_t R, int64_t I, const float 
 //   split qkv (B, (H + 2 Hkv) D) rows -> rotary on q, k (rd channels; rd = 0: none) -> write k, v
 //   into the caches at each row's position -> attention over the visible cached keys
 //   -> out (B, H D), the layout the output projection reads.
-// pos: int64 cache position of each row, element stride pb (0: one position for all rows).
-// cos/sin: (B, rd) rows with stride cb (0: shared). Attention as swl_decode_attention.
-// Returns 0, or -1 (nothing written) when a row's position is outside the cache.
-int swl_attention_step(const float *qkv, int64_t qkv_stride, const int64_t *pos, int64_t pb,
-                        const float *cos_, const float *sin_, int64_t cb, int64_t rd, float *kc, float *vc,
-                        int64_t kb, int64_t kh, int64_t ks, const uint8_t *mask, int64_t mb, int64_t ms,
-                        float *out, float *qbuf, int64_t B, int64_t H, int64_t Hkv, int64_t S, int64_t D,
-                        float scale, int nthreads) {
+// st: the rows' positions, rotary rows and mask (SwlStep); a: shapes and caches (SwlAttention).
+int swl_attention_step(const float *qkv, int64_t qkv_stride, int64_t B, const SwlAttention *a, const SwlStep *st,
+                       float *out, float *qbuf, int nthreads) {
+    const int64_t H = a->H, Hkv = a->Hkv, D = a->D, S = a->S, pb = st->pb, cb = st->cb;
+    const int64_t rd = a->rotary ? st->rd : 0, kb = a->kb, kh = a->kh, ks = a->ks;
+    const int64_t *pos = st->pos;
+    float *kc = a->k, *vc = a->v;
     for (int64_t b = 0; b < B; b++)
         if (pos[b * pb] < 0 || pos[b * pb] >= S) return -1;
     for (int64_t b = 0; b < B; b++) {
         const float *row = qkv + b * qkv_stride;
-        const float *c = rd ? cos_ + b * cb : NULL, *s = rd ? sin_ + b * cb : NULL;
+        const float *c = rd ? st->cos + b * cb : NULL, *s = rd ? st->sin + b * cb : NULL;
         const int64_t p = pos[b * pb];
         // rope_row with rd = 0 (no rotary) is a plain copy
         for (int64_t h = 0; h < H; h++) rope_row(row + h * D, c, s, qbuf + (b * H + h) * D, D, rd);
@@ -250,6 +251,9 @@ int swl_attention_step(const float *qkv, int64_t qkv_stride, const int64_t *pos,
             for (int64_t d = 0; d < D; d++) vd[d] = vr[d];
         }
     }
-    swl_decode_attention(qbuf, H * D, D, kc, vc, kb, kh, ks, mask, mb, ms, out, B, H, Hkv, S, D, scale, nthreads);
+    swl_decode_attention(qbuf, H * D, D, kc, vc, kb, kh, ks, st->mask, st->mb, st->ms, out, B, H, Hkv, S, D, a->scale,
+                         nthreads);
     return 0;
 }
+
+SWL_AVX2_END

@@ -26,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+SWL_AVX2_BEGIN
+
 #define NB 4  // weight rows per register block
 
 // Software prefetch, PF_BLOCKS row blocks ahead of the one being read. Rows are short (576
@@ -655,8 +657,4 @@ int swl_linear_i4(const float *x, const uint8_t *w, const float *scales, const f
     return 0;
 }
 
-// The build flags ask for AVX2 + FMA; Python checks this before calling anything else.
-int swl_cpu_supported(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
+SWL_AVX2_END

@@ -42,7 +42,7 @@ static int parse(PyObject *const *args, Py_ssize_t n, const char *fmt, Arg *out)
 // return RESULT, the Python value made of `rc`.
 #define WRAP_RC(NAME, FMT, CALL, RESULT)                                              \
     static PyObject *py_##NAME(PyObject *self, PyObject *const *args, Py_ssize_t n) { \
-        Arg a[64];                                                                    \
+        Arg a[32];                                                                    \
         int rc;                                                                       \
         (void)self;                                                                   \
         if (!parse(args, n, FMT, a)) return NULL;                                     \
@@ -65,43 +65,29 @@ WRAP(decode_attention, "piippiiipiipiiiiifi",
      swl_decode_attention(a[0].p, a[1].i, a[2].i, a[3].p, a[4].p, a[5].i, a[6].i, a[7].i, a[8].p, a[9].i, a[10].i,
                           a[11].p, a[12].i, a[13].i, a[14].i, a[15].i, a[16].i, a[17].f, (int)a[18].i))
 WRAP(silu_mul, "ppiipi", swl_silu_mul(a[0].p, a[1].p, a[2].i, a[3].i, a[4].p, (int)a[5].i))
+// The one-token steps take their layouts as struct pointers (SwlAttention, SwlLayer, SwlStep;
+// filled through the ctypes mirror in kernels/layout.py).
 // attention_step: returns False (nothing written) when a position is outside the cache.
-WRAP_RC(attention_step, "pipippiippiiipiippiiiiifi",
-        swl_attention_step(a[0].p, a[1].i, a[2].p, a[3].i, a[4].p, a[5].p, a[6].i, a[7].i, a[8].p, a[9].p, a[10].i,
-                           a[11].i, a[12].i, a[13].p, a[14].i, a[15].i, a[16].p, a[17].p, a[18].i, a[19].i, a[20].i,
-                           a[21].i, a[22].i, a[23].f, (int)a[24].i),
+WRAP_RC(attention_step, "piipppp" "i",
+        swl_attention_step(a[0].p, a[1].i, a[2].i, a[3].p, a[4].p, a[5].p, a[6].p, (int)a[7].i),
         PyBool_FromLong(rc == 0))
-
-// layer_step: the four linears come as 6 arguments each (kind, w, scales, mins, bias, group).
-// Returns 0, -1 (cache position out of range) or -2 (a linear the kernels cannot run).
-static PyObject *py_layer_step(PyObject *self, PyObject *const *args, Py_ssize_t n) {
-    Arg a[64];
-    SwlLinear lins[4];
-    int rc;
-    (void)self;
-    if (!parse(args, n, "ppiippff" "ippppi" "ippppi" "ippppi" "ippppi" "ipippiippiiipiiiiiifi", a)) return NULL;
-    for (int i = 0; i < 4; i++) {
-        const Arg *l = a + 8 + 6 * i;
-        lins[i] = (SwlLinear){l[0].i, l[1].p, l[2].p, l[3].p, l[4].p, l[5].i};
-    }
-    const Arg *r = a + 32;
-    Py_BEGIN_ALLOW_THREADS rc = swl_layer_step(
-        a[0].p, a[1].p, a[2].i, a[3].i, a[4].p, a[5].p, a[6].f, a[7].f, lins, r[0].i, r[1].p, r[2].i, r[3].p,
-        r[4].p, r[5].i, r[6].i, r[7].p, r[8].p, r[9].i, r[10].i, r[11].i, r[12].p, r[13].i, r[14].i, r[15].i,
-        r[16].i, r[17].i, r[18].i, r[19].f, (int)r[20].i);
-    Py_END_ALLOW_THREADS return PyLong_FromLong(rc);
-}
-
-// stack_step: same return codes as layer_step.
-WRAP_RC(stack_step, "ppiiipppippiipiii",
-        swl_stack_step(a[0].p, a[1].p, a[2].i, a[3].i, a[4].i, a[5].p, a[6].p, a[7].p, a[8].i, a[9].p, a[10].p,
-                       a[11].i, a[12].i, a[13].p, a[14].i, a[15].i, (int)a[16].i),
+// layer_step / stack_step: 0, -1 (a cache position out of range) or -2 (a linear the kernels
+// cannot run).
+WRAP_RC(layer_step, "ppiippi", swl_layer_step(a[0].p, a[1].p, a[2].i, a[3].i, a[4].p, a[5].p, (int)a[6].i),
         PyLong_FromLong(rc))
+WRAP_RC(stack_step, "ppiiippi",
+        swl_stack_step(a[0].p, a[1].p, a[2].i, a[3].i, a[4].i, a[5].p, a[6].p, (int)a[7].i), PyLong_FromLong(rc))
 
 // linear_i4 reports an unsupported group size: returns True when it ran.
 WRAP_RC(linear_i4, "ppppppiiiii",
         swl_linear_i4(a[0].p, a[1].p, a[2].p, a[3].p, a[4].p, a[5].p, a[6].i, a[7].i, a[8].i, a[9].i, (int)a[10].i),
         PyBool_FromLong(rc == 0))
+
+// Compiled for the baseline x86-64 (no target attribute): asked before any AVX2 code runs.
+int swl_cpu_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
 
 static PyObject *py_cpu_supported(PyObject *self, PyObject *unused) {
     (void)self;
@@ -118,12 +104,20 @@ static PyObject *py_f32_isa(PyObject *self, PyObject *arg) {
     return PyLong_FromLong(swl_f32_isa((int)want));
 }
 
+static PyObject *py_layout_size(PyObject *self, PyObject *arg) {
+    (void)self;
+    const long which = PyLong_AsLong(arg);
+    if (which == -1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromLongLong(swl_layout_size((int)which));
+}
+
 #define FAST(NAME) {#NAME, (PyCFunction)(void (*)(void))py_##NAME, METH_FASTCALL, NULL}
 static PyMethodDef methods[] = {
     FAST(linear_f32), FAST(linear_i8), FAST(linear_i4), FAST(rmsnorm), FAST(rope),
     FAST(decode_attention), FAST(silu_mul), FAST(attention_step), FAST(layer_step), FAST(stack_step),
     {"cpu_supported", py_cpu_supported, METH_NOARGS, NULL},
     {"f32_isa", py_f32_isa, METH_O, NULL},
+    {"layout_size", py_layout_size, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 

@@ -173,7 +173,8 @@ class _QuantLinearBase(nn.Module):
         raise NotImplementedError
 
     def kernel_linear(self) -> tuple | None:
-        """This layer as a fused decode step takes it (kernels.KernelLinear), or None."""
+        """This layer as the fused decode step takes it (kernels.LinearFields: the fields of the C
+        struct SwlLinear), or None where the kernels cannot take it."""
         raise NotImplementedError
 
     def _kernel_tensors_ok(self, *tensors: torch.Tensor | None) -> bool:

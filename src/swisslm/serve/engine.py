@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..core.kv_cache import KVCache
 from ..generation.logprobs import token_logprobs
@@ -106,16 +105,6 @@ class Sequence:
         self.cancelled = True
 
 
-def _window(cache: KVCache, start: int, rows: int, slots: int) -> KVCache:
-    """A KVCache whose buffers are views of rows [start, start + rows) and slots [0, slots) of
-    `cache` (same storage, so the cache's in-place writes land in the full buffers)."""
-    view = KVCache.__new__(KVCache)
-    nn.Module.__init__(view)
-    view.register_buffer("k", cache.k[start:start + rows, :, :slots], persistent=False)
-    view.register_buffer("v", cache.v[start:start + rows, :, :slots], persistent=False)
-    return view
-
-
 class Engine:
     """Owns `model` (a causal LM with `.tokenizer`) and serves sequences from one thread."""
 
@@ -155,9 +144,7 @@ class Engine:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self.model.setup_cache(self.max_batch, self.max_model_len)
-        self._full_caches = [blk.attn.cache for blk in self.model.layers]
-        self._full_masks = (self.model.causal_mask, self.model.diag_mask)
+        self._full_caches = self.model.setup_cache(self.max_batch, self.max_model_len)
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="swisslm-engine", daemon=True)
         self._thread.start()
@@ -169,8 +156,8 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-        for blk, cache in zip(self.model.layers, self._full_caches):
-            blk.attn.cache = cache
+        if self._full_caches:
+            self.model.bind_cache(self._full_caches)
         self._views.clear()
 
     @property
@@ -267,27 +254,19 @@ class Engine:
             seq.row = free
 
     def _bind(self, start: int, rows: int, slots: int) -> None:
-        """Point every layer's cache (and the model's position masks) at a window of the cache."""
+        """Bind every layer to a window (rows x slots) of its full cache (masks follow the slots)."""
         key = (start, rows, slots)
         views = self._views.get(key)
         if views is None:
-            views = [_window(c, start, rows, slots) for c in self._full_caches]
+            views = [c.view(start, rows, slots) for c in self._full_caches]
             if len(self._views) > 512:
                 self._views.clear()
             self._views[key] = views
-        for blk, v in zip(self.model.layers, views):
-            blk.attn.cache = v
-        causal, diag = self._full_masks
-        self.model.causal_mask = causal[:, :slots]
-        self.model.diag_mask = diag[:, :slots]
-        self.model.max_cache_len = slots
+        self.model.bind_cache(views)
 
     def _restore(self) -> None:
         if self._full_caches:
-            for blk, cache in zip(self.model.layers, self._full_caches):
-                blk.attn.cache = cache
-            self.model.causal_mask, self.model.diag_mask = self._full_masks
-            self.model.max_cache_len = self.max_model_len
+            self.model.bind_cache(self._full_caches)
 
     def _slots(self, needed: int) -> int:
         return min(self.max_model_len, -(-needed // _WINDOW) * _WINDOW)
