@@ -81,3 +81,27 @@ def test_storage_format_of_a_bf16_folder(tmp_path: Path) -> None:
     model.save_pretrained(tmp_path / "bf16", dtype=torch.bfloat16)
     assert swisslm.AutoModel.from_pretrained(tmp_path / "bf16").storage_format() == "bf16 → fp32"
     assert swisslm.AutoModel.from_pretrained(tmp_path / "bf16", dtype="bfloat16").storage_format() == "bf16"
+
+
+def test_info_says_which_backend_each_linear_runs_on(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from swisslm import kernels
+
+    swisslm.AutoModel.from_config(tiny_cfg(), seed=0).save_pretrained(tmp_path / "hf")
+    linears = info(capsys, "--model", str(tmp_path / "hf"))["linears"]
+    names = {e["name"] for e in linears}
+    assert {"layers.0.attn.qkv", "layers.1.mlp.down", "head.proj"} <= names and len(linears) == 2 * 4 + 1
+    want = ("swisslm", kernels.f32_isa()) if kernels.available() else ("torch", None)
+    assert all((e["kind"], e["backend"], e["isa"]) == ("float32", *want) for e in linears), linears
+    assert cli_main(["info", "--model", str(tmp_path / "hf"), "--threads", "1"]) == 0
+    where = f"{want[0]} ({want[1]})" if want[1] else want[0]
+    assert f"backend     float32 on {where}: 9 (layers.*.attn.qkv, layers.*.attn.out, " in capsys.readouterr().out
+    # with the kernels switched off every product is torch's, and info says so
+    monkeypatch.setenv("SWISSLM_KERNELS", "0")
+    kernels._lib.cache_clear()
+    try:
+        off = info(capsys, "--model", str(tmp_path / "hf"), "--quant", "int8")["linears"]
+    finally:
+        monkeypatch.delenv("SWISSLM_KERNELS")
+        kernels._lib.cache_clear()
+    assert {(e["kind"], e["backend"]) for e in off} <= {("int8", "torch"), ("int8", "fbgemm")}, off

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+from collections import Counter
 from pathlib import Path
 
 from .common import add_model_args, load_model_from_args
@@ -35,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         "config": cfg.to_dict(),
         "slots": model.slot_providers(),
         "tokenizer": None if model.tokenizer is None else {"vocab_size": model.tokenizer.vocab_size},
+        "linears": _linears(model),
     }
     if args.json:
         print(json.dumps(info))
@@ -51,5 +54,27 @@ def run(args: argparse.Namespace) -> int:
           f" (q/kv)  head_dim {cfg.head_dim}  ffn {cfg.intermediate_size}  vocab {cfg.vocab_size}")
     if cfg.num_experts:
         print(f"experts     {cfg.num_experts} (top-{cfg.num_experts_per_tok})")
+    print("backend     " + "\n            ".join(_backend_lines(info["linears"])))
     print(model.mixin_report())
     return 0
+
+
+def _linears(model) -> list[dict]:
+    """Which backend and instruction set each linear's products run on (kernels.describe)."""
+    from ..kernels.backend import describe
+
+    return describe(model)
+
+
+def _backend_lines(linears: list[dict]) -> list[str]:
+    """One line per (weight kind, backend, ISA), naming its linears with the layer index folded:
+    `fp32 on swisslm (avx2): 120 (layers.*.attn.qkv, layers.*.attn.out, ...)`."""
+    groups: dict[tuple, Counter] = {}
+    for e in linears:
+        key = (e["kind"], e["backend"], e["isa"])
+        groups.setdefault(key, Counter())[re.sub(r"\.\d+\.", ".*.", e["name"])] += 1
+    lines = []
+    for (kind, backend, isa), names in groups.items():
+        where = f"{backend} ({isa})" if isa else backend
+        lines.append(f"{kind} on {where}: {sum(names.values())} ({', '.join(names)})")
+    return lines or ["no linear layers"]
