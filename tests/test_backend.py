@@ -55,20 +55,20 @@ def kernels_on(request, monkeypatch):
         yield True
         return
     monkeypatch.setenv("SWISSLM_KERNELS", "0")
-    kernels._lib.cache_clear()
+    kernels.ops._lib.cache_clear()
     try:
         assert not kernels.available() and kernels.unavailable_reason() == "SWISSLM_KERNELS=0"
         yield False
     finally:
         monkeypatch.delenv("SWISSLM_KERNELS")
-        kernels._lib.cache_clear()
+        kernels.ops._lib.cache_clear()
 
 
 def _count_calls(monkeypatch):
     calls = []
     for name in ("stack_step", "layer_step", "attention_step", "decode_attention", "linear_f32"):
         real = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k))
+        monkeypatch.setattr(kernels.ops, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k))
     return calls
 
 
@@ -278,7 +278,7 @@ def test_glue_is_baseline_x86_64():
     if shutil.which("objdump") is None:
         pytest.skip("no objdump")
     assert "-mavx2" not in kernels.CFLAGS
-    asm = subprocess.run(["objdump", "-d", "--no-show-raw-insn", kernels._lib().__file__], capture_output=True,
+    asm = subprocess.run(["objdump", "-d", "--no-show-raw-insn", kernels.ops._lib().__file__], capture_output=True,
                          text=True, check=True).stdout
     funcs, cur = {}, None
     for line in asm.splitlines():
@@ -301,7 +301,7 @@ def test_kernels_and_torch_share_one_openmp_runtime():
     # session (sentencepiece bundles a libgomp of its own) would add runtimes of their own.
     if not Path("/proc/self/maps").exists():
         pytest.skip("no /proc/self/maps")
-    code = ("import torch, pathlib; from swisslm import kernels; kernels._lib(); "
+    code = ("import torch, pathlib; from swisslm import kernels; kernels.ops._lib(); "
             "print('\\n'.join(sorted({l.split()[-1] for l in pathlib.Path('/proc/self/maps').read_text()"
             ".splitlines() if 'libgomp' in l or 'libiomp' in l})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)

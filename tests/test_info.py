@@ -98,10 +98,10 @@ def test_info_says_which_backend_each_linear_runs_on(tmp_path: Path, capsys: pyt
     assert f"backend     float32 on {where}: 9 (layers.*.attn.qkv, layers.*.attn.out, " in capsys.readouterr().out
     # with the kernels switched off every product is torch's, and info says so
     monkeypatch.setenv("SWISSLM_KERNELS", "0")
-    kernels._lib.cache_clear()
+    kernels.ops._lib.cache_clear()
     try:
         off = info(capsys, "--model", str(tmp_path / "hf"), "--quant", "int8")["linears"]
     finally:
         monkeypatch.delenv("SWISSLM_KERNELS")
-        kernels._lib.cache_clear()
+        kernels.ops._lib.cache_clear()
     assert {(e["kind"], e["backend"]) for e in off} <= {("int8", "torch"), ("int8", "fbgemm")}, off

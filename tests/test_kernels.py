@@ -206,7 +206,7 @@ def _count_kernel_calls(monkeypatch):
     calls = []
     for name in ("stack_step", "layer_step", "attention_step", "decode_attention"):
         real = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name,
+        monkeypatch.setattr(kernels.ops, name,
                             lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     return calls
 
@@ -363,7 +363,7 @@ def test_layouts_match_the_c_structs():
 
     from swisslm.kernels import layout
 
-    lib = kernels._lib()
+    lib = kernels.ops._lib()
     for i, cls in enumerate(layout.STRUCTS):
         assert lib.layout_size(i) == ctypes.sizeof(cls)
     assert layout.Layer.lin.offset == 24 and layout.Layer.attn.offset == 24 + 4 * 48 + 8
@@ -393,20 +393,20 @@ def test_fresh_build_compiles_and_loads(monkeypatch, tmp_path):
     import importlib.util
 
     monkeypatch.setenv("SWISSLM_CACHE", str(tmp_path))
-    path = kernels._build()
+    path = kernels.ops._build()
     assert path.parent == tmp_path / "kernels" and path.exists()
     spec = importlib.util.spec_from_file_location("_swisslm_cpu", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.cpu_supported()
-    assert kernels._build() == path  # second call: cache hit, no rebuild
+    assert kernels.ops._build() == path  # second call: cache hit, no rebuild
 
 
 def test_build_without_compiler_reports_and_falls_back(monkeypatch, tmp_path):
     monkeypatch.setenv("SWISSLM_CACHE", str(tmp_path))
-    monkeypatch.setattr(kernels, "_compiler", lambda: None)
+    monkeypatch.setattr(kernels.ops, "_compiler", lambda: None)
     with pytest.raises(RuntimeError, match="no C compiler"):
-        kernels._build()
+        kernels.ops._build()
 
 
 def test_bad_shapes_raise_instead_of_reading_past_buffers():

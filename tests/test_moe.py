@@ -81,7 +81,7 @@ def test_inference_kernel_path_matches_dense_reference(tokens, isa, monkeypatch)
     m = kernels.apply_(random_moe(moe_cfg(num_experts_per_tok=2, norm_topk_prob=True)))
     calls = []
     fused = kernels.silu_mul
-    monkeypatch.setattr(kernels, "silu_mul", lambda *a: calls.append(a) or fused(*a))
+    monkeypatch.setattr(kernels.ops, "silu_mul", lambda *a: calls.append(a) or fused(*a))
     x = torch.randn(1, tokens, 32)
     with torch.inference_mode():
         ours = m(x)
@@ -99,7 +99,7 @@ def test_expert_rows_cut_follows_the_fp32_kernel(isa, monkeypatch):
     assert kernel_max_rows() == {"avx2": 96, "avx512": 24}[isa]
     calls = []
     real = kernels.linear_f32
-    monkeypatch.setattr(kernels, "linear_f32", lambda x, *a, **k: calls.append(x.shape[0]) or real(x, *a, **k))
+    monkeypatch.setattr(kernels.ops, "linear_f32", lambda x, *a, **k: calls.append(x.shape[0]) or real(x, *a, **k))
     w = torch.randn(3, 24, 32)
     for rows in (8, 40):
         calls.clear()

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from .peft_format import CONFIG_NAME, WEIGHTS_NAME, _strip, read_adapter
+from .peft_format import CONFIG_NAME, WEIGHTS_NAME, adapter_module_name, read_adapter
 
 METHODS = ("linear", "cat", "svd")
 
@@ -65,7 +65,7 @@ def combine_adapters(folders: Sequence[str | Path], weights: Sequence[float], me
     scales = [_scaling(c) for c, _ in loaded]
     modules: dict[str, None] = {}
     for _, t in loaded:
-        modules.update(dict.fromkeys(_strip(k) for k in t))
+        modules.update(dict.fromkeys(adapter_module_name(k) for k in t))
     prefix = "base_model.model."
     out: dict[str, torch.Tensor] = {}
     for mod in modules:

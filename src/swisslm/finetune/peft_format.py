@@ -158,7 +158,8 @@ def read_adapter(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
     return config, tensors
 
 
-def _strip(key: str) -> str:
+def adapter_module_name(key: str) -> str:
+    """The module a PEFT LoRA tensor belongs to (`base_model.model.x.y.lora_A.weight` -> `x.y`)."""
     key = key.removeprefix(PREFIX)
     for suffix in (".lora_A.weight", ".lora_B.weight", ".lora_A.default.weight", ".lora_B.default.weight"):
         if key.endswith(suffix):
@@ -173,7 +174,7 @@ def load_adapter(model: Any, folder: str | Path, name: str = "lora", trainable: 
     r, alpha = int(config["r"]), float(config.get("lora_alpha", 8))
     params: list[str] = list(config.get("target_parameters") or [])
     # The exact set of HF modules present in the file (PEFT may have matched by regex).
-    wanted = {_strip(k) for k in tensors}
+    wanted = {adapter_module_name(k) for k in tensors}
     linear_names: set[str] = set()
     expert_keys: dict[str, str] = {}  # PEFT key (with nesting) -> our HF param name
     sites = find_sites(model)

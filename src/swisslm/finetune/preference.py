@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.slots import Mixin
-from ..train.trainer import Trainer, _all_reduce_sum, unwrap
+from ..train.trainer import Trainer, all_reduce_sum, unwrap
 from .sft import SFTConfig
 
 log = logging.getLogger(__name__)
@@ -370,7 +370,7 @@ class PreferenceTrainer(Trainer):
         nll_tok = sum(self.objective.nll_tokens(b) for b in micro)
         tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
                      for b in micro)
-        counts = _all_reduce_sum(torch.tensor([float(pairs), float(nll_tok), float(tokens)], dtype=torch.float64))
+        counts = all_reduce_sum(torch.tensor([float(pairs), float(nll_tok), float(tokens)], dtype=torch.float64))
         n_pairs, n_nll = max(float(counts[0]), 1.0), max(float(counts[1]), 1.0)
         sums: dict[str, list[float]] = {}
         total = torch.zeros(3, dtype=torch.float64)  # pair loss sum, nll sum, aux mean
@@ -396,7 +396,7 @@ class PreferenceTrainer(Trainer):
                 acc[0] += s
                 acc[1] += c
         keys = sorted(sums)
-        vec = _all_reduce_sum(torch.cat([total, torch.tensor([v for k in keys for v in sums[k]],
+        vec = all_reduce_sum(torch.cat([total, torch.tensor([v for k in keys for v in sums[k]],
                                                             dtype=torch.float64)]))
         nll = float(vec[1]) / n_nll if float(counts[1]) > 0 else 0.0
         m = {"loss": float(vec[0]) / n_pairs + nll + float(vec[2]) / self.world_size}

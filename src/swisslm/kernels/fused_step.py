@@ -28,14 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import kernels as K
 from ..core.attention import Attention
 from ..core.backbone import Block
 from ..core.linear import Linear
 from ..core.mlp import GatedMLP
 from ..core.norms import RMSNorm
 from . import layout
-from .backend import (
+from . import ops as K
+from .modules import (
     KernelAttention,
     KernelGatedMLP,
     KernelLinear,

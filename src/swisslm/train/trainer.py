@@ -83,7 +83,7 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a small CPU tensor over ranks (through the GPU when the backend is NCCL)."""
     if _dist()[1] > 1:
         if dist.get_backend() == "nccl":
@@ -172,7 +172,7 @@ class Trainer:
         lr = self.set_lr(step)
         self.model.train()
         n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)
-        counts = _all_reduce_sum(torch.tensor([float(n_local), float(sum(b["input_ids"].numel()
+        counts = all_reduce_sum(torch.tensor([float(n_local), float(sum(b["input_ids"].numel()
                                                                           for b in micro_batches))]))
         n_global, tokens_global = max(1.0, float(counts[0])), int(counts[1])
         loss_sum = torch.zeros((), dtype=torch.float64)
@@ -198,7 +198,7 @@ class Trainer:
                 [p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        red = _all_reduce_sum(torch.stack([loss_sum, aux_sum]))
+        red = all_reduce_sum(torch.stack([loss_sum, aux_sum]))
         self.state.step = step
         self.state.tokens_seen += tokens_global
         self.state.loss_tokens += int(n_global)
@@ -229,7 +229,7 @@ class Trainer:
             out = self._forward(batch, model)
             s, n = causal_lm_loss_sum(out.logits, batch["labels"].to(self.device))
             tot += torch.tensor([float(s), float(n)], dtype=torch.float64)
-        tot = _all_reduce_sum(tot)
+        tot = all_reduce_sum(tot)
         self.model.train()
         loss = float(tot[0] / max(tot[1], 1.0))
         return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
@@ -379,7 +379,7 @@ def merge_router_stats(stats: list[dict[str, torch.Tensor]], world_size: int) ->
     if not stats:
         return {}
     load = torch.stack([s["load"] for s in stats]).mean(0)  # (L, E)
-    vec = _all_reduce_sum(torch.cat([load.flatten(), torch.stack([sum(s["lb"] for s in stats) / len(stats),
+    vec = all_reduce_sum(torch.cat([load.flatten(), torch.stack([sum(s["lb"] for s in stats) / len(stats),
                                                                    sum(s["z"] for s in stats) / len(stats)])]))
     vec = vec / world_size
     load = vec[:-2].view_as(load).mean(0)  # averaged over layers
