@@ -16,7 +16,7 @@ from .common import UsageError
 
 def register(sub) -> None:
     p = sub.add_parser("plot", help="plot a run's loss, lr, throughput and reward curves to a PNG")
-    p.add_argument("run_dir", help="a `swisslm train` run_dir (holds metrics.csv)")
+    p.add_argument("run_dir", help="a `swisslm train` run_dir or `swisslm finetune` --output (holds metrics.csv)")
     p.add_argument("-o", "--output", default=None, help="PNG path (default: RUN_DIR/curves.png)")
     p.set_defaults(func=run)
 
