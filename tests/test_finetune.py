@@ -4,6 +4,7 @@ batches, and `swisslm finetune` end to end on a tiny model (LoRA, checkpoint, ex
 PEFT adapter written, merge)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -240,3 +241,113 @@ def test_finetune_under_torchrun_is_ddp_and_matches_one_process(tok, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
+
+
+# -- autotrain options for --trainer sft: add_eos_token, padding, model_max_length, CSV, auto batch --
+
+def test_sft_data_add_eos_and_csv_rows(tok, tmp_path):
+    import csv
+
+    rows = [{"text": "a b c"}, {"messages": json.dumps(CONVERSATION)}]
+    f = tmp_path / "d.csv"
+    with open(f, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["text", "messages"])
+        w.writeheader()
+        w.writerow({"text": "a b c", "messages": ""})
+    with_eos = load_sft_examples(f, tok, block_size=64)
+    without = load_sft_examples(f, tok, block_size=64, add_eos=False)
+    assert with_eos[0].input_ids[-1] == tok.eos_token_id and without[0].input_ids[-1] != tok.eos_token_id
+    assert with_eos[0].input_ids[:-1] == without[0].input_ids
+    # a CSV messages cell (a JSON string, as autotrain stores it) is the same conversation as in JSONL
+    g = tmp_path / "chat.csv"
+    with open(g, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["messages"])
+        w.writeheader()
+        w.writerow({"messages": rows[1]["messages"]})
+    j = tmp_path / "chat.jsonl"
+    j.write_text(json.dumps({"messages": CONVERSATION}) + "\n")
+    a, b = load_sft_examples(g, tok, block_size=200), load_sft_examples(j, tok, block_size=200)
+    assert (a[0].input_ids, a[0].labels) == (b[0].input_ids, b[0].labels)
+
+
+def test_left_padding_gives_the_same_loss_as_right(tok, tmp_path):
+    from swisslm.finetune.data import collate
+    from swisslm.train.trainer import causal_lm_loss_sum
+
+    f = tmp_path / "d.jsonl"
+    f.write_text("".join(json.dumps({"text": "x " * n}) + "\n" for n in (2, 6, 11)))
+    ex = load_sft_examples(f, tok, block_size=64)
+    right, left = collate(ex, pad_id=0), collate(ex, pad_id=0, padding="left")
+    short = len(ex[0].input_ids)
+    assert bool((left["attention_mask"][0, -short:] == 1).all()) and int(left["attention_mask"][0, 0]) == 0
+    assert bool((left["labels"][left["attention_mask"] == 0] == IGNORE).all())
+    model = swisslm.AutoModel.from_config(ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2,
+                                                      num_heads=4, num_kv_heads=2, intermediate_size=64), seed=0)
+    with torch.no_grad():
+        losses = [causal_lm_loss_sum(model(b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                                     b["labels"])[0] for b in (right, left)]
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="right or left"):
+        collate(ex, pad_id=0, padding="middle")
+
+
+def test_auto_find_batch_size_halves_on_out_of_memory(tok, tmp_path):
+    from swisslm.finetune.sft import SFTConfig, find_sft_batch_size
+
+    f = _toy_sft_data(tmp_path / "d.jsonl", n=8)
+    ex = load_sft_examples(f, tok, block_size=32)
+    model = swisslm.AutoModel.from_config(ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2,
+                                                      num_heads=4, num_kv_heads=2, intermediate_size=64), seed=0)
+    seen = []
+    real_forward = model.forward
+
+    def forward(input_ids, **kw):  # a device that holds at most 3 rows
+        seen.append(input_ids.shape[0])
+        if input_ids.shape[0] > 3:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_forward(input_ids, **kw)
+
+    model.forward = forward
+    cfg = SFTConfig(data=str(f), batch_size=8, auto_find_batch_size=True)
+    assert find_sft_batch_size(cfg, model, ex, pad=0, device="cpu", world=1) == 2
+    assert seen == [8, 4, 2]
+    assert all(p.grad is None for p in model.parameters())  # the probe leaves no gradients behind
+
+
+def test_finetune_cli_sft_autotrain_options(tok, tmp_path, capsys, monkeypatch):
+    import csv
+
+    from swisslm.cli import main
+
+    base = _tiny_with_tokenizer(tok, tmp_path / "base")
+    data = tmp_path / "train.csv"
+    with open(data, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["text"])
+        w.writeheader()
+        w.writerows({"text": f"The number {i} is {'even' if i % 2 == 0 else 'odd'} and that is a fact."}
+                    for i in range(8))
+    out = tmp_path / "out"
+    args = ["finetune", "--model", str(base), "--data", str(data), "--peft", "--lora-r", "2", "--batch-size", "4",
+            "--gradient-accumulation", "1", "--block-size", "48", "--model-max-length", "6", "--padding", "left",
+            "--no-add-eos-token", "--auto-find-batch-size", "--max-steps", "2", "--threads", "1", "--json",
+            "--output", str(out)]
+    assert main(args) == 0
+    s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert s["steps"] == 2 and s["batch_size"] == 4 and math.isfinite(s["final_loss"])
+    # every row was cut to --model-max-length (6 < --block-size 48): 2 steps x 4 rows x 6 tokens
+    assert s["tokens_seen"] == 2 * 4 * 6
+    params = json.loads((out / "training_params.json").read_text())
+    assert params["padding"] == "left" and params["add_eos_token"] is False and params["model_max_length"] == 6
+    # bad values: exit 2, one line, before the model loads
+    def no_load(*a, **k):
+        raise AssertionError("the model must not load for a bad option")
+
+    monkeypatch.setattr(swisslm.AutoModel, "from_pretrained", no_load)
+    for bad, msg in ((["--model-max-length", "0"], "--model-max-length must be > 0"),
+                     (["--block-size", "-1"], "--block-size must be > 0")):
+        assert main(["finetune", "--model", str(base), "--data", str(data), "--threads", "1",
+                     "--output", str(tmp_path / "o2"), *bad]) == 2
+        assert msg in _one_error_line(capsys)
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "--data", str(data), "--padding", "middle"])
+    assert e.value.code == 2

@@ -4,8 +4,11 @@
     swisslm finetune --data train.jsonl --peft --lora-r 16 --lora-alpha 32 --epochs 3 \\
         --batch-size 2 --gradient-accumulation 4 --block-size 1024 --lr 3e-5 --output out/
 
-`--data` is JSONL with a `text` column (all tokens trained) or `messages` (chat; the model's chat
-template applied, loss only on assistant turns). `--quantization int8|int4` with `--peft` is QLoRA.
+`--data` is JSONL or CSV with a `text` column (all tokens trained, EOS appended unless
+--no-add-eos-token) or `messages` (chat; the chat template applied, loss only on assistant turns).
+--model-max-length caps --block-size, --padding left|right picks the padding side and
+--auto-find-batch-size halves --batch-size until a step fits, for SFT as for dpo/orpo/reward.
+`--quantization int8|int4` with `--peft` is QLoRA.
 A non-empty --output needs `--resume` (continue it) or `--overwrite` (replace it). Under
 `torchrun --nproc_per_node N -m swisslm finetune ...` the run is DDP; only rank 0 writes and prints.
 """
@@ -28,7 +31,7 @@ def register(sub) -> None:
                    help="HF folder or .gguf file; 'default' = the embedded SmolLM2-135M-Instruct")
     p.add_argument("--data", default=None,
                    help="training data: JSONL / CSV or a folder with <split>.jsonl|.csv (required unless --config)")
-    p.add_argument("--valid-data", default=None, help="validation JSONL (same format)")
+    p.add_argument("--valid-data", default=None, help="validation JSONL / CSV (same format)")
     p.add_argument("--output", "--project-name", dest="output", default="swisslm-finetune",
                    help="output folder (adapter or model, metrics.csv, checkpoints/)")
     p.add_argument("--text-column", default="text", help="JSONL field holding plain text rows")
@@ -97,7 +100,7 @@ def add_autotrain_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-max-length", type=int, default=2048,
                    help="longest sequence; --block-size is capped by it (default: %(default)s)")
     g.add_argument("--add-eos-token", action=argparse.BooleanOptionalAction, default=True,
-                   help="append EOS to completions (default: %(default)s)")
+                   help="append EOS to completions / sft text rows (default: %(default)s)")
     g.add_argument("--padding", default="right", choices=["right", "left"], help="padding side (default: %(default)s)")
     g.add_argument("--optimizer", default="adamw_torch", choices=["adamw_torch", "adamw", "adafactor", "sgd"],
                    help="optimizer (default: %(default)s)")
@@ -134,7 +137,7 @@ def _validate_autotrain(args: argparse.Namespace) -> None:
 
 
 def _sft_data_file(args: argparse.Namespace) -> None:
-    """SFT reads one JSONL file: resolve a data folder's split files to it."""
+    """SFT reads one JSONL or CSV file per split: resolve a data folder's split files to it."""
     from ..finetune.data import DataError
     from ..finetune.pref_data import data_file
 
@@ -144,9 +147,6 @@ def _sft_data_file(args: argparse.Namespace) -> None:
             args.valid_data = str(data_file(Path(args.data).parent, args.valid_split))
     except DataError as e:
         raise UsageError(str(e)) from None
-    for f in (args.data, args.valid_data):
-        if f is not None and f.endswith(".csv"):
-            raise UsageError(f"{f}: --trainer sft reads JSONL (CSV is read by dpo, orpo and reward)")
 
 
 def run_trainers(args: argparse.Namespace) -> int:

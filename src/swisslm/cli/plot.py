@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""swisslm plot RUN_DIR [-o FILE]: loss and learning-rate curves of a run as a PNG.
+"""swisslm plot RUN_DIR [-o FILE]: loss, learning-rate, throughput and (preference runs) reward
+curves of a run as a PNG.
 
 Needs matplotlib (`pip install matplotlib`, or `pip install swisslm[dev]`); it is imported only
 here, so training itself never depends on it.
@@ -14,8 +15,8 @@ from .common import UsageError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("plot", help="plot a training run's loss / lr curves to a PNG")
-    p.add_argument("run_dir", help="a `swisslm train` run_dir (holds metrics.csv)")
+    p = sub.add_parser("plot", help="plot a run's loss, lr, throughput and reward curves to a PNG")
+    p.add_argument("run_dir", help="a `swisslm train` run_dir or `swisslm finetune` --output (holds metrics.csv)")
     p.add_argument("-o", "--output", default=None, help="PNG path (default: RUN_DIR/curves.png)")
     p.set_defaults(func=run)
 

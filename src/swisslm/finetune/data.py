@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""SFT data: JSONL rows -> (input_ids, labels) -> padded, resumable micro-batches.
+"""SFT data: JSONL / CSV rows -> (input_ids, labels) -> padded, resumable micro-batches.
 
 A row is either `{"text": ...}` (any column, `text_column`): every token is trained, EOS appended
-as TRL's SFTTrainer does; or `{"messages": [{"role", "content"}, ...]}`: the model's chat template
+as TRL's SFTTrainer does (autotrain's `add_eos_token`; chat rows end with their template's own
+end-of-turn and are left as rendered); or `{"messages": [{"role", "content"}, ...]}`: the model's chat template
 renders the conversation and only assistant turns carry a loss (TRL's `assistant_only_loss`).
 
 Assistant spans come from rendering the conversation incrementally: the text of messages[:i]
@@ -95,9 +96,13 @@ def encode_text(tok: Any, text: str, add_eos: bool = True) -> tuple[list[int], l
 
 
 def encode_row(tok: Any, row: Mapping[str, Any], text_column: str = "text", template: str | None = None,
-               ) -> tuple[list[int], list[int]]:
+               add_eos: bool = True) -> tuple[list[int], list[int]]:
     if "messages" in row and text_column not in row:
         msgs = row["messages"]
+        if isinstance(msgs, str):  # a CSV cell: autotrain stores conversations as JSON / Python literals
+            from .pref_data import _messages
+
+            msgs = _messages(msgs, "'messages'")
         if not isinstance(msgs, list) or not msgs:
             raise DataError("'messages' must be a non-empty list")
         return encode_chat(tok, msgs, template)
@@ -106,7 +111,7 @@ def encode_row(tok: Any, row: Mapping[str, Any], text_column: str = "text", temp
     text = row[text_column]
     if not isinstance(text, str):
         raise DataError(f"column {text_column!r} must be a string")
-    return encode_text(tok, text)
+    return encode_text(tok, text, add_eos)
 
 
 @dataclass
@@ -116,14 +121,17 @@ class Example:
 
 
 def load_sft_examples(path: str | Path, tok: Any, block_size: int, text_column: str = "text",
-                      template: str | None = None) -> list[Example]:
-    """Read and tokenize a JSONL file; rows are truncated to `block_size` tokens. Rows left without
-    any trained token (e.g. an assistant turn cut off by truncation) are dropped, with a warning."""
-    rows = read_jsonl(path)
+                      template: str | None = None, add_eos: bool = True) -> list[Example]:
+    """Read and tokenize a JSONL or CSV file; rows are truncated to `block_size` tokens. Rows left
+    without any trained token (e.g. an assistant turn cut off by truncation) are dropped, with a
+    warning."""
+    from .pref_data import read_rows  # the preference trainers' JSONL / CSV reader
+
+    rows = read_rows(path, split=None)
     out, dropped = [], 0
     for n, row in enumerate(rows, 1):
         try:
-            ids, labels = encode_row(tok, row, text_column, template)
+            ids, labels = encode_row(tok, row, text_column, template, add_eos)
         except DataError as e:
             raise DataError(f"{path}: row {n}: {e}") from None
         ids, labels = ids[:block_size], labels[:block_size]
@@ -155,13 +163,13 @@ class SFTBatches:
     """
 
     def __init__(self, examples: Sequence[Example], batch_size: int, pad_id: int, seed: int = 0,
-                 shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
+                 shuffle: bool = True, rank: int = 0, world_size: int = 1, padding: str = "right") -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         self.examples, self.batch_size, self.pad_id = list(examples), batch_size, pad_id
-        self.seed, self.shuffle = seed, shuffle
+        self.seed, self.shuffle, self.padding = seed, shuffle, padding
         self.rank, self.world_size = rank, world_size
         self.epoch, self.index = 0, 0  # index = micro-batches already yielded in this epoch
 
@@ -193,7 +201,8 @@ class SFTBatches:
             order = self._order(self.epoch)
             while self.index < self.batches_per_epoch:
                 i = self.index * self.batch_size
-                batch = collate([self.examples[j] for j in order[i : i + self.batch_size]], self.pad_id)
+                batch = collate([self.examples[j] for j in order[i : i + self.batch_size]], self.pad_id,
+                                self.padding)
                 self.index += 1
                 yield batch
             self.epoch, self.index = self.epoch + 1, 0
@@ -203,7 +212,7 @@ class SFTBatches:
         (for evaluation, whose sums are all-reduced: every example counts exactly once)."""
         mine = list(range(self.rank, len(self.examples), self.world_size))
         for i in range(0, len(mine), self.batch_size):
-            yield collate([self.examples[j] for j in mine[i : i + self.batch_size]], self.pad_id)
+            yield collate([self.examples[j] for j in mine[i : i + self.batch_size]], self.pad_id, self.padding)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "world_size": self.world_size}
@@ -217,16 +226,26 @@ class SFTBatches:
         self.epoch, self.index = int(st["epoch"]), int(st["index"])
 
 
-def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(examples: Sequence[Example], pad_id: int, padding: str = "right") -> dict[str, torch.Tensor]:
+    """Pad to the longest example on the `padding` side ("right" or "left", autotrain's
+    --padding). Left padding is exact too: the backbone derives positions from the attention
+    mask, so a left-padded row sees the same positions and trains the same tokens as unpadded."""
+    if padding not in ("right", "left"):
+        raise ValueError(f"padding must be right or left, got {padding!r}")
     T = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), T), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), T), dtype=torch.long)
     for i, e in enumerate(examples):
         n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        mask[i, :n] = 1
+        sl = slice(0, n) if padding == "right" else slice(T - n, T)
+        ids[i, sl] = torch.tensor(e.input_ids)
+        labels[i, sl] = torch.tensor(e.labels)
+        mask[i, sl] = 1
+        if padding == "left" and n < T:
+            # a sequence's first token is never a target: right-padded, the one-token shift drops
+            # it; left-padded it would be "predicted" from the pad before it
+            labels[i, T - n] = IGNORE
     out = {"input_ids": ids, "labels": labels}
     if not bool(mask.all()):
         out["attention_mask"] = mask

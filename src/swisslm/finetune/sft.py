@@ -17,6 +17,7 @@ are per rank, as in HF's Trainer: one optimizer step sees batch x accumulation x
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -78,13 +79,23 @@ class SFTConfig:
     # autotrain llm options shared with the preference trainers (finetune/train_opts.py)
     optimizer: str = "adamw_torch"
     gradient_checkpointing: bool = True
+    model_max_length: int = 2048  # caps block_size, as autotrain's tokenizer model_max_length does
+    add_eos_token: bool = True  # EOS after text rows (chat rows end with their template's turn end)
+    padding: str = "right"  # "left" pads at the start (positions follow the attention mask)
+    auto_find_batch_size: bool = False  # halve batch_size until a step on the longest rows fits
+
+    @property
+    def max_length(self) -> int:
+        """The training length: --block-size, bounded by --model-max-length."""
+        return min(self.block_size, self.model_max_length)
 
     def validate(self) -> None:
         def pos(name: str) -> None:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
 
-        for name in ("lr", "epochs", "batch_size", "gradient_accumulation", "block_size", "lora_r"):
+        for name in ("lr", "epochs", "batch_size", "gradient_accumulation", "block_size", "lora_r",
+                     "model_max_length"):
             pos(name)
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
@@ -102,6 +113,8 @@ class SFTConfig:
             raise ValueError(f"--mixed-precision must be bf16 or none, got {self.mixed_precision!r}")
         if self.resume and self.overwrite:
             raise ValueError("--resume continues the run in --output, --overwrite deletes it: pick one")
+        if self.padding not in ("right", "left"):
+            raise ValueError(f"--padding must be right or left, got {self.padding!r}")
         if self.peak_flops is not None and self.peak_flops <= 0:
             raise ValueError(f"--peak-flops must be > 0, got {self.peak_flops}")
 
@@ -175,6 +188,37 @@ def prepare_model(cfg: SFTConfig, model: Any) -> LoRAMixin | None:
     return lora
 
 
+def find_sft_batch_size(cfg: SFTConfig, model: Any, train: list, pad: int, device: str, world: int) -> int:
+    """--auto-find-batch-size: the largest batch, halving from --batch-size, whose forward and
+    backward on the longest training rows does not run out of memory (train_opts.find_batch_size).
+    Every rank must train at the same batch size, so under DDP each probes and the smallest wins."""
+    from ..train.trainer import causal_lm_loss_sum
+    from .data import collate
+    from .train_opts import find_batch_size
+
+    longest = sorted(train, key=lambda e: -len(e.input_ids))
+
+    def probe(b: int) -> None:
+        batch = collate(longest[:b], pad, cfg.padding)
+        kw = {"attention_mask": batch["attention_mask"].to(device)} if "attention_mask" in batch else {}
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                            enabled=cfg.mixed_precision == "bf16"):
+            logits = model(batch["input_ids"].to(device), **kw).logits
+        causal_lm_loss_sum(logits, batch["labels"].to(device))[0].backward()
+        model.zero_grad(set_to_none=True)
+
+    found = find_batch_size(cfg.batch_size, probe)
+    if world > 1:
+        import torch.distributed as dist
+
+        t = torch.tensor([found], device=device if device.startswith("cuda") else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        found = int(t.item())
+    if found != cfg.batch_size:
+        log.warning("--auto-find-batch-size: training with batch size %d (asked for %d)", found, cfg.batch_size)
+    return found
+
+
 def run_sft(cfg: SFTConfig, model: Any = None) -> dict[str, Any]:
     """Fine-tune; returns a summary (parameter counts, steps, losses, tokens/s, output paths).
 
@@ -215,13 +259,11 @@ def _run_sft(cfg: SFTConfig, model: Any, rank: int, world: int, device: str) -> 
     from .pref_data import resolve_chat_template
 
     template = resolve_chat_template(cfg.chat_template, tok)[1]
-    train = load_sft_examples(cfg.data, tok, cfg.block_size, cfg.text_column, template)
-    valid = load_sft_examples(cfg.valid_data, tok, cfg.block_size, cfg.text_column, template) \
-        if cfg.valid_data else None
+    load = functools.partial(load_sft_examples, tok=tok, block_size=cfg.max_length, text_column=cfg.text_column,
+                             template=template, add_eos=cfg.add_eos_token)
+    train = load(cfg.data)
+    valid = load(cfg.valid_data) if cfg.valid_data else None
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    batches = SFTBatches(train, cfg.batch_size, pad, seed=cfg.seed, rank=rank, world_size=world)
-    steps = cfg.max_steps or math.ceil(cfg.epochs * batches.batches_per_epoch / cfg.gradient_accumulation)
-    warmup = math.ceil(cfg.warmup_ratio * steps)
 
     base_params = trainable_parameters(model)[1]  # before quantize_ turns weights into buffers
     lora = prepare_model(cfg, model)
@@ -232,16 +274,22 @@ def _run_sft(cfg: SFTConfig, model: Any, rank: int, world: int, device: str) -> 
 
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    batch_size = cfg.batch_size
+    if cfg.auto_find_batch_size:
+        batch_size = find_sft_batch_size(cfg, model, train, pad, device, world)
+    batches = SFTBatches(train, batch_size, pad, seed=cfg.seed, rank=rank, world_size=world, padding=cfg.padding)
+    steps = cfg.max_steps or math.ceil(cfg.epochs * batches.batches_per_epoch / cfg.gradient_accumulation)
+    warmup = math.ceil(cfg.warmup_ratio * steps)
     opt = build_optimizer(cfg.optimizer, param_groups(model, weight_decay=cfg.weight_decay), cfg.lr)
     sched = make_sft_schedule(cfg.scheduler, cfg.lr, warmup, steps)
     wrapped = apply_ddp(model, device) if world > 1 else model
-    eval_fn = (lambda: SFTBatches(valid, cfg.batch_size, pad, shuffle=False, rank=rank,
-                                  world_size=world).one_epoch()) if valid else None
+    eval_fn = (lambda: SFTBatches(valid, batch_size, pad, shuffle=False, rank=rank, world_size=world,
+                                  padding=cfg.padding).one_epoch()) if valid else None
     tcfg = TrainerConfig(
         max_steps=steps, grad_accum=cfg.gradient_accumulation,
         precision="bf16" if cfg.mixed_precision == "bf16" else "fp32",
         grad_clip=cfg.max_grad_norm if cfg.max_grad_norm > 0 else None, log_every=cfg.logging_steps,
-        eval_every=cfg.eval_steps, eval_batches=(math.ceil(len(valid) / cfg.batch_size) if valid else 0),
+        eval_every=cfg.eval_steps, eval_batches=(math.ceil(len(valid) / batch_size) if valid else 0),
         checkpoint_every=cfg.save_steps, progress=cfg.progress, peak_flops=cfg.peak_flops,
         extra={"sft_config": asdict(cfg)},
     )
@@ -266,7 +314,7 @@ def _run_sft(cfg: SFTConfig, model: Any, rank: int, world: int, device: str) -> 
         "tokens_seen": trainer.state.tokens_seen, "first_loss": history[0]["loss"] if history else None,
         "final_loss": history[-1]["loss"] if history else None, "seconds": elapsed,
         "tokens_per_s": (trainer.state.tokens_seen - tokens0) / max(elapsed, 1e-9), "resumed_at": resumed_at,
-        "world_size": world,
+        "world_size": world, "batch_size": batch_size,
     }
     if valid:
         summary.update(trainer.evaluate())  # collective: every rank evaluates its share
