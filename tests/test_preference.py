@@ -358,3 +358,18 @@ def test_reward_matches_trl_and_loads_in_transformers_with_the_same_scores(hf_se
     torch.testing.assert_close(s_ours, s_hf, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(s_hf, rm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, 0]
                                .detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_orpo_nll_counts_the_same_tokens_with_left_and_right_padding():
+    """ORPO's SFT term scores every real chosen token that has a real token before it: padding
+    on the left must not add each row's first token (predicted from a pad)."""
+    import torch
+
+    from swisslm.finetune.preference import ORPOObjective
+
+    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0], [5, 6, 0, 0], [8, 0, 0, 0]])
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0]])
+    left = right.flip(1)
+    n_right = ORPOObjective._nll_select({"input_ids": ids, "attention_mask": right, "pairs": 2}).sum()
+    n_left = ORPOObjective._nll_select({"input_ids": ids.flip(1), "attention_mask": left, "pairs": 2}).sum()
+    assert int(n_right) == int(n_left) == 3  # (3 - 1) + (2 - 1) on the chosen half

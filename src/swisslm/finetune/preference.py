@@ -267,7 +267,9 @@ class ORPOObjective:
     def _nll_select(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         att = batch.get("attention_mask")
         att = torch.ones_like(batch["input_ids"]) if att is None else att
-        sel = att[:, 1:].bool().clone()
+        # a position is scored when it and the token predicting it are real: with left padding
+        # a row's first token would otherwise count, as if predicted from the pad before it
+        sel = (att[:, 1:].bool() & att[:, :-1].bool()).clone()
         sel[int(batch["pairs"]):] = False  # NLL on the chosen half only
         return sel
 
