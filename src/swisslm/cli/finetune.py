@@ -138,8 +138,7 @@ def _validate_autotrain(args: argparse.Namespace) -> None:
 
 def _sft_data_file(args: argparse.Namespace) -> None:
     """SFT reads one JSONL or CSV file per split: resolve a data folder's split files to it."""
-    from ..finetune.data import DataError
-    from ..finetune.pref_data import data_file
+    from ..finetune.data import DataError, data_file
 
     try:
         args.data = str(data_file(args.data, args.train_split))

@@ -175,7 +175,7 @@ def accuracy(wrapper: ClassifierAsLM, batches: ClassificationBatches) -> float:
 
 
 def run_classify(cfg: ClassifyConfig, model: Any = None) -> dict[str, Any]:
-    from .. import AutoModel
+    from ..api import AutoModel
     from ..train import CheckpointManager, Trainer, TrainerConfig, make_schedule
     from ..train.metrics import default_loggers
     from ..train.optim import build_adamw, param_groups
@@ -272,7 +272,7 @@ def load_classifier(run_dir: str | Path, base_model: str | None = None, dtype: s
                     device: str = "cpu") -> tuple[Any, ClassificationHeadMixin, dict[str, Any]]:
     """Rebuild a trained classifier: its base model (or `base_model`), the saved head and, when
     the run trained one, its LoRA adapter. Returns (model, head, classifier config), in eval mode."""
-    from .. import AutoModel
+    from ..api import AutoModel
     from .peft_format import load_adapter
 
     run = Path(run_dir)

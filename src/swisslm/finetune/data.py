@@ -16,6 +16,9 @@ prefix) are reported, not silently mis-masked.
 
 from __future__ import annotations
 
+import ast
+import csv
+import json
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -100,9 +103,8 @@ def encode_row(tok: Any, row: Mapping[str, Any], text_column: str = "text", temp
     if "messages" in row and text_column not in row:
         msgs = row["messages"]
         if isinstance(msgs, str):  # a CSV cell: autotrain stores conversations as JSON / Python literals
-            from .pref_data import _messages
 
-            msgs = _messages(msgs, "'messages'")
+            msgs = parse_messages(msgs, "'messages'")
         if not isinstance(msgs, list) or not msgs:
             raise DataError("'messages' must be a non-empty list")
         return encode_chat(tok, msgs, template)
@@ -125,7 +127,6 @@ def load_sft_examples(path: str | Path, tok: Any, block_size: int, text_column: 
     """Read and tokenize a JSONL or CSV file; rows are truncated to `block_size` tokens. Rows left
     without any trained token (e.g. an assistant turn cut off by truncation) are dropped, with a
     warning."""
-    from .pref_data import read_rows  # the preference trainers' JSONL / CSV reader
 
     rows = read_rows(path, split=None)
     out, dropped = [], 0
@@ -250,3 +251,55 @@ def collate(examples: Sequence[Example], pad_id: int, padding: str = "right") ->
     if not bool(mask.all()):
         out["attention_mask"] = mask
     return out
+
+
+# -- JSONL / CSV rows and data folders (SFT and the preference trainers) -----------------------
+
+DATA_SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+def data_file(path: str | Path, split: str | None) -> Path:
+    """The file holding `split` of `path` (a file, or a folder with `<split>.jsonl|.json|.csv`)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        if split is None:
+            raise DataError(f"{p}: a data folder needs a split name")
+        for suffix in DATA_SUFFIXES:
+            if (p / f"{split}{suffix}").is_file():
+                return p / f"{split}{suffix}"
+        raise DataError(f"{p}: no {split}.jsonl, {split}.json or {split}.csv")
+    raise DataError(f"{p}: no such file or folder")
+
+
+def read_rows(path: str | Path, split: str | None = "train") -> list[dict[str, Any]]:
+    """Rows of a JSONL / CSV file or of a split in a data folder."""
+    f = data_file(path, split)
+    if f.suffix == ".csv":
+        with open(f, newline="", encoding="utf-8") as fh:
+            rows = [dict(r) for r in csv.DictReader(fh)]
+        if not rows:
+            raise DataError(f"{f}: no rows")
+        return rows
+    return read_jsonl(f)
+
+
+def parse_messages(value: Any, where: str) -> list[dict[str, Any]] | None:
+    """A message list, or None for plain text. Strings that look like lists are parsed (autotrain
+    stores conversations in CSV cells as Python literals)."""
+    if isinstance(value, str):
+        s = value.strip()
+        if not (s.startswith("[") and s.endswith("]") and "role" in s):
+            return None
+        try:
+            value = json.loads(s)
+        except json.JSONDecodeError:
+            try:
+                value = ast.literal_eval(s)
+            except (ValueError, SyntaxError):
+                return None
+    if isinstance(value, list) and value and all(isinstance(m, Mapping) and "role" in m and "content" in m
+                                                 for m in value):
+        return [dict(m) for m in value]
+    raise DataError(f"{where}: expected a string or a list of {{'role', 'content'}} messages")

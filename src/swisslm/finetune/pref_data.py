@@ -26,9 +26,6 @@ keeps its last `max_prompt_length` tokens, then the completions keep their first
 
 from __future__ import annotations
 
-import ast
-import csv
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,11 +34,9 @@ from typing import Any
 
 import torch
 
-from .data import DataError, read_jsonl
+from .data import DataError, parse_messages, read_rows
 
 log = logging.getLogger(__name__)
-
-DATA_SUFFIXES = (".jsonl", ".json", ".csv")
 
 # autotrain's named templates (autotrain/trainers/clm/utils.py). They only render text: the
 # special tokens they name must already be in the vocabulary (SmolLM2 has ChatML's).
@@ -74,53 +69,6 @@ def resolve_chat_template(spec: str | None, tok: Any = None) -> tuple[bool, str 
     return True, p.read_text()
 
 
-def data_file(path: str | Path, split: str | None) -> Path:
-    """The file holding `split` of `path` (a file, or a folder with `<split>.jsonl|.json|.csv`)."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    if p.is_dir():
-        if split is None:
-            raise DataError(f"{p}: a data folder needs a split name")
-        for suffix in DATA_SUFFIXES:
-            if (p / f"{split}{suffix}").is_file():
-                return p / f"{split}{suffix}"
-        raise DataError(f"{p}: no {split}.jsonl, {split}.json or {split}.csv")
-    raise DataError(f"{p}: no such file or folder")
-
-
-def read_rows(path: str | Path, split: str | None = "train") -> list[dict[str, Any]]:
-    """Rows of a JSONL / CSV file or of a split in a data folder."""
-    f = data_file(path, split)
-    if f.suffix == ".csv":
-        with open(f, newline="", encoding="utf-8") as fh:
-            rows = [dict(r) for r in csv.DictReader(fh)]
-        if not rows:
-            raise DataError(f"{f}: no rows")
-        return rows
-    return read_jsonl(f)
-
-
-def _messages(value: Any, where: str) -> list[dict[str, Any]] | None:
-    """A message list, or None for plain text. Strings that look like lists are parsed (autotrain
-    stores conversations in CSV cells as Python literals)."""
-    if isinstance(value, str):
-        s = value.strip()
-        if not (s.startswith("[") and s.endswith("]") and "role" in s):
-            return None
-        try:
-            value = json.loads(s)
-        except json.JSONDecodeError:
-            try:
-                value = ast.literal_eval(s)
-            except (ValueError, SyntaxError):
-                return None
-    if isinstance(value, list) and value and all(isinstance(m, Mapping) and "role" in m and "content" in m
-                                                 for m in value):
-        return [dict(m) for m in value]
-    raise DataError(f"{where}: expected a string or a list of {{'role', 'content'}} messages")
-
-
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -151,10 +99,10 @@ def encode_pair(tok: Any, row: Mapping[str, Any], cols: PairColumns, use_templat
     for c in (cols.chosen, cols.rejected) + ((cols.prompt,) if cols.prompt else ()):
         if c not in row:
             raise DataError(f"no column {c!r} (columns: {sorted(row)})")
-    chosen_m = _messages(row[cols.chosen], cols.chosen)
-    rejected_m = _messages(row[cols.rejected], cols.rejected)
+    chosen_m = parse_messages(row[cols.chosen], cols.chosen)
+    rejected_m = parse_messages(row[cols.rejected], cols.rejected)
     prompt_v = row[cols.prompt] if cols.prompt else None
-    prompt_m = _messages(prompt_v, cols.prompt) if prompt_v is not None else None
+    prompt_m = parse_messages(prompt_v, cols.prompt) if prompt_v is not None else None
     conversational = chosen_m is not None or rejected_m is not None
     if conversational:
         if chosen_m is None or rejected_m is None:

@@ -517,7 +517,8 @@ def _columns(cfg: PreferenceConfig, first_row: dict[str, Any]):
 
 
 def _load_splits(cfg: PreferenceConfig, tok: Any) -> tuple[list, list | None]:
-    from .pref_data import load_pairs, read_rows, resolve_chat_template
+    from .data import read_rows
+    from .pref_data import load_pairs, resolve_chat_template
 
     use_template, template = resolve_chat_template(cfg.chat_template, tok)
     cols = _columns(cfg, read_rows(cfg.data, cfg.train_split)[0])
@@ -574,7 +575,7 @@ def build_objective(cfg: PreferenceConfig, model: nn.Module, pad_id: int, lora: 
     if cfg.trainer == "reward":
         return RewardObjective(pad_id)
     if cfg.model_ref is not None:
-        from .. import AutoModel
+        from ..api import AutoModel
 
         ref = AutoModel.from_pretrained(cfg.model_ref, dtype=cfg.dtype, device=cfg.device).eval()
         for p in ref.parameters():
@@ -602,7 +603,7 @@ def _ref_pass(ref: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
 
 def run_preference(cfg: PreferenceConfig, model: Any = None) -> dict[str, Any]:
     """Train with DPO, ORPO or a reward objective; returns a summary like run_sft's."""
-    from .. import AutoModel
+    from ..api import AutoModel
     from ..mixins.lora import trainable_parameters
     from ..train import CheckpointManager, TrainerConfig
     from ..train.metrics import default_loggers

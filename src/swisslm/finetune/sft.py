@@ -242,7 +242,7 @@ def run_sft(cfg: SFTConfig, model: Any = None) -> dict[str, Any]:
 
 
 def _run_sft(cfg: SFTConfig, model: Any, rank: int, world: int, device: str) -> dict[str, Any]:
-    from .. import AutoModel
+    from ..api import AutoModel
     from ..train import CheckpointManager, Trainer, TrainerConfig
     from ..train.distributed import apply_ddp
     from ..train.metrics import default_loggers
