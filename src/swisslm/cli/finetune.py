@@ -157,15 +157,7 @@ def run_trainers(args: argparse.Namespace) -> int:
     if launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError(f"--trainer {args.trainer} runs in one process; launch it without torchrun "
                          "(only --trainer sft runs DDP)")
-    fields = {f.name for f in dataclasses.fields(PreferenceConfig)}
-    kw = {k: v for k, v in vars(args).items() if k in fields}
-    if kw.get("model") == "default":
-        kw["model"] = None
-    kw["progress"] = progress_enabled(args.quiet or args.json)
-    kw["gradient_checkpointing"] = not args.disable_gradient_checkpointing
-    if kw.get("mixed_precision") == "none":
-        kw["mixed_precision"] = None
-    cfg = PreferenceConfig(**kw)
+    cfg = _config_from_args(PreferenceConfig, args)
     try:
         cfg.validate()
         _check_output(cfg, clear=False)  # refuse before the model loads...
@@ -183,6 +175,18 @@ def run_trainers(args: argparse.Namespace) -> int:
               f"{summary['total_parameters']:,}; {summary['steps']} steps, loss {summary['first_loss']:.4f} -> "
               f"{summary['final_loss']:.4f}{extra}; saved to {args.output}")
     return 0
+
+
+def _config_from_args(cls: type, args: argparse.Namespace) -> object:
+    """SFTConfig / PreferenceConfig from the parsed flags (`default` model, progress, checkpointing)."""
+    kw = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(cls)}}
+    if kw.get("model") == "default":
+        kw["model"] = None
+    kw["progress"] = progress_enabled(args.quiet or args.json)
+    kw["gradient_checkpointing"] = not args.disable_gradient_checkpointing
+    if kw.get("mixed_precision") == "none":
+        kw["mixed_precision"] = None
+    return cls(**kw)
 
 
 def _check_output(cfg: object, clear: bool) -> None:
@@ -229,15 +233,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if args.trainer != "sft":
         return run_trainers(args)
-    fields = {f.name for f in dataclasses.fields(SFTConfig)}
-    kw = {k: v for k, v in vars(args).items() if k in fields}
-    if kw.get("model") == "default":
-        kw["model"] = None
-    kw["progress"] = progress_enabled(args.quiet or args.json)
-    kw["gradient_checkpointing"] = not args.disable_gradient_checkpointing
-    if kw.get("mixed_precision") == "none":
-        kw["mixed_precision"] = None
-    cfg = SFTConfig(**kw)
+    cfg = _config_from_args(SFTConfig, args)
     try:
         cfg.validate()
         _sft_data_file(args)

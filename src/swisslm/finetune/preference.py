@@ -608,9 +608,8 @@ def run_preference(cfg: PreferenceConfig, model: Any = None) -> dict[str, Any]:
     from ..train import CheckpointManager, TrainerConfig
     from ..train.metrics import default_loggers
     from ..train.optim import param_groups
-    from .peft_format import save_adapter
     from .pref_data import PairBatches
-    from .sft import make_sft_schedule, prepare_model
+    from .sft import make_sft_schedule, prepare_model, save_run
     from .train_opts import (
         build_optimizer,
         enable_gradient_checkpointing,
@@ -715,19 +714,10 @@ def run_preference(cfg: PreferenceConfig, model: Any = None) -> dict[str, Any]:
             summary[f"final_{k}"] = history[-1][k]
     if valid_batches is not None:
         summary.update(trainer.evaluate())
+    if cfg.trainer != "reward":
+        return save_run(model, lora, cfg, out, summary)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.trainer == "reward":
-        summary["model"] = str(save_reward_model(model, head, out, dtype=cfg.dtype))
-    elif lora is not None:
-        save_adapter(model, out, base_model_name_or_path=getattr(model, "source", None))
-        summary["adapter"] = str(out)
-        if cfg.merge_adapter:
-            from .merge import merge_adapter_folder
-
-            summary["merged"] = str(merge_adapter_folder(cfg.model, out, out / "merged", dtype=cfg.dtype))
-    else:
-        model.save_pretrained(out)
-        summary["model"] = str(out)
+    summary["model"] = str(save_reward_model(model, head, out, dtype=cfg.dtype))
     (out / "finetune_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -247,7 +247,6 @@ def _run_sft(cfg: SFTConfig, model: Any, rank: int, world: int, device: str) -> 
     from ..train.distributed import apply_ddp
     from ..train.metrics import default_loggers
     from ..train.optim import param_groups
-    from .peft_format import save_adapter
 
     out = Path(cfg.output)
     torch.manual_seed(cfg.seed)
@@ -320,6 +319,14 @@ def _run_sft(cfg: SFTConfig, model: Any, rank: int, world: int, device: str) -> 
         summary.update(trainer.evaluate())  # collective: every rank evaluates its share
     if rank != 0:
         return summary
+    return save_run(model, lora, cfg, out, summary)
+
+
+def save_run(model: Any, lora: Any, cfg: Any, out: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write a fine-tuning run's result into `out`: the PEFT adapter (and, with merge_adapter, the
+    merged model in out/merged) or the full model, then finetune_summary.json."""
+    from .peft_format import save_adapter
+
     out.mkdir(parents=True, exist_ok=True)
     if lora is not None:
         save_adapter(model, out, base_model_name_or_path=getattr(model, "source", None))
