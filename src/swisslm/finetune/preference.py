@@ -47,7 +47,7 @@ from torch import nn
 
 from ..core.slots import Mixin
 from ..train.trainer import Trainer, all_reduce_sum, unwrap
-from .sft import SFTConfig
+from .sft import SFTConfig, open_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -413,12 +413,7 @@ class PreferenceTrainer(Trainer):
         lr = self.set_lr(step)
         self.model.train()
         m = self._run(micro_batches, train=True)
-        grad_norm = None
-        if self.cfg.grad_clip is not None and self.cfg.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = self.optimizer_step()
         self.state.step = step
         self.state.tokens_seen += int(m.pop("_tokens"))
         metrics = {"loss": m.pop("loss"), "lr": lr, "tokens": float(self.state.tokens_seen)}
@@ -605,7 +600,7 @@ def run_preference(cfg: PreferenceConfig, model: Any = None) -> dict[str, Any]:
     """Train with DPO, ORPO or a reward objective; returns a summary like run_sft's."""
     from ..api import AutoModel
     from ..mixins.lora import trainable_parameters
-    from ..train import CheckpointManager, TrainerConfig
+    from ..train import TrainerConfig
     from ..train.metrics import default_loggers
     from ..train.optim import param_groups
     from .pref_data import PairBatches
@@ -684,13 +679,7 @@ def run_preference(cfg: PreferenceConfig, model: Any = None) -> dict[str, Any]:
         eval_every=cfg.eval_steps, eval_batches=valid_batches.batches_per_epoch if valid_batches else 0,
         checkpoint_every=cfg.save_steps, progress=cfg.progress, extra={"preference_config": asdict(cfg)},
     )
-    ckpts = CheckpointManager(out / "checkpoints", keep_last=cfg.save_total_limit)
-    resumed_at = None
-    if cfg.resume:
-        latest = ckpts.latest()
-        if latest is None:
-            raise ValueError(f"--resume: no checkpoint under {out / 'checkpoints'}")
-        resumed_at = int(latest.name.split("-")[1])
+    ckpts, resumed_at = open_checkpoints(out, cfg)
     trainer = PreferenceTrainer(model, opt, sched, tcfg, checkpoints=ckpts, objective=objective,
                                 loggers=default_loggers(out, resume_step=resumed_at, tensorboard=False),
                                 eval_iter_fn=eval_fn)

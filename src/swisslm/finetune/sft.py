@@ -26,12 +26,15 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..mixins.lora import LoRAMixin, trainable_parameters
 from .data import SFTBatches, load_sft_examples
+
+if TYPE_CHECKING:
+    from ..train import CheckpointManager
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +151,20 @@ def check_output(out: Path, resume: bool, overwrite: bool, clear: bool = True) -
                 entry.unlink()
 
 
+def open_checkpoints(out: Path, cfg: SFTConfig) -> tuple[CheckpointManager, int | None]:
+    """The run's checkpoint manager, and the step `--resume` continues from (None when fresh)."""
+    from ..train import CheckpointManager  # noqa: PLC0415  (train/ imports torch: keep it lazy)
+
+    ckpts = CheckpointManager(out / "checkpoints", keep_last=cfg.save_total_limit)
+    resumed_at = None
+    if cfg.resume:
+        latest = ckpts.latest()
+        if latest is None:
+            raise ValueError(f"--resume: no checkpoint under {out / 'checkpoints'}")
+        resumed_at = int(latest.name.split("-")[1])
+    return ckpts, resumed_at
+
+
 def parse_target_modules(spec: str) -> str | list[str]:
     """autotrain's --target-modules: "all-linear" or a comma-separated list of HF names."""
     spec = spec.strip()
@@ -243,7 +260,7 @@ def run_sft(cfg: SFTConfig, model: Any = None) -> dict[str, Any]:
 
 def _run_sft(cfg: SFTConfig, model: Any, rank: int, world: int, device: str) -> dict[str, Any]:
     from ..api import AutoModel
-    from ..train import CheckpointManager, Trainer, TrainerConfig
+    from ..train import Trainer, TrainerConfig
     from ..train.distributed import apply_ddp
     from ..train.metrics import default_loggers
     from ..train.optim import param_groups
@@ -292,13 +309,7 @@ def _run_sft(cfg: SFTConfig, model: Any, rank: int, world: int, device: str) -> 
         checkpoint_every=cfg.save_steps, progress=cfg.progress, peak_flops=cfg.peak_flops,
         extra={"sft_config": asdict(cfg)},
     )
-    ckpts = CheckpointManager(out / "checkpoints", keep_last=cfg.save_total_limit)
-    resumed_at = None
-    if cfg.resume:
-        latest = ckpts.latest()
-        if latest is None:
-            raise ValueError(f"--resume: no checkpoint under {out / 'checkpoints'}")
-        resumed_at = int(latest.name.split("-")[1])
+    ckpts, resumed_at = open_checkpoints(out, cfg)
     loggers = default_loggers(out, resume_step=resumed_at, tensorboard=False) if rank == 0 else []
     trainer = Trainer(wrapped, opt, sched, tcfg, checkpoints=ckpts, loggers=loggers, eval_iter_fn=eval_fn)
     if cfg.resume:

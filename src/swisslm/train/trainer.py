@@ -167,6 +167,16 @@ class Trainer:
             return (model or self.model)(batch["input_ids"].to(self.device), **kw)
 
     # -- one optimizer step ------------------------------------------------------------------------
+    def optimizer_step(self) -> torch.Tensor | None:
+        """Clip (when configured), step and clear the gradients; the pre-clip norm or None."""
+        grad_norm = None
+        if self.cfg.grad_clip is not None and self.cfg.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         step = self.state.step + 1
         lr = self.set_lr(step)
@@ -192,12 +202,7 @@ class Trainer:
                     moe_stats.append(router_stats(out, self._model_cfg, batch.get("attention_mask")))
                 loss.backward()
             loss_sum += ce.detach().double().cpu()
-        grad_norm = None
-        if self.cfg.grad_clip is not None and self.cfg.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = self.optimizer_step()
         red = all_reduce_sum(torch.stack([loss_sum, aux_sum]))
         self.state.step = step
         self.state.tokens_seen += tokens_global
