@@ -132,6 +132,13 @@ class _Metadata:
     def tensor_shape(self, name: str) -> tuple[int, ...] | None:
         return _tensor_dims(self.reader, name)
 
+    def tensor_values(self, name: str) -> np.ndarray | None:
+        for t in self.reader.tensors:
+            if t.name == name:
+                w = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+                return np.asarray(w, dtype=np.float32).reshape(-1)
+        return None
+
 
 def _arch(reader: gguf.GGUFReader) -> str:
     arch = _value(reader, "general.architecture")
