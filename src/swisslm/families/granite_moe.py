@@ -88,7 +88,7 @@ def export_granite_moe(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> I
 GGUF_NAMES = GGUFNames(
     config=granite_moe_config_from_gguf,
     tensors={
-        **{k: v for k, v in GGUF_TENSORS.items() if ".ffn_" not in k},
+        **{k: v for k, v in GGUF_TENSORS.items() if ".ffn_" not in k or "ffn_norm" in k},
         "blk.{layer}.ffn_gate_inp.weight": (_MOE + "router.layer.weight", None),
         **_PASS,
         "blk.{layer}.ffn_gate_shexp.weight": ("blk.{layer}.ffn_gate_shexp.weight", None),

@@ -34,7 +34,7 @@ _EXPERT = "model.layers.{layer}.mlp.experts.{expert}."
 # place in llama.cpp's olmoe graph (it never renormalises, never clamps); they are written as
 # `{arch}.expert_weights_norm` / `{arch}.attention.clamp_kqv` so that swisslm reads them back.
 _NO_PERMUTE = {k: (hf, None) for k, (hf, _) in GGUF_TENSORS.items()
-               if ".ffn_" not in k and k != "blk.{layer}.attn_rot_embd"}
+               if (".ffn_" not in k or "ffn_norm" in k) and k != "blk.{layer}.attn_rot_embd"}
 
 
 def olmoe_config_from_gguf(meta: GGUFMetadata, arch: str) -> dict[str, Any]:
