@@ -1,0 +1,262 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`swisslm convert SRC OUT.gguf --type T`: every seed family, every export type.
+
+A tiny random transformers model is saved, converted by the CLI, and loaded back by swisslm:
+- f32: the logits (BERT: hidden states) of the HF model within 1e-4, greedy tokens identical;
+- f16: within fp16 rounding (relative L2 error <= 2e-3), greedy tokens identical;
+- quantized: relative L2 error of the outputs under a per-type bound measured on these models
+  (q8_0 0.04, q6_k 0.10, q4_0 / q4_1 / q4_k 0.35: 4-bit weights move random tiny-model logits by
+  ~10-28%), and every matrix really stored in the requested type (rows of 256 values, so the
+  K-quants do not fall back).
+transformers' own GGUF loader (llama is the seed family it reads) loads the exported files with
+the same logits. Tokenizers (byte-level BPE under three pre-tokenizers, WordPiece) encode like
+their source after the round trip, special ids, add-bos flags and the chat template included.
+The Q4_K / Q6_K quantizers are checked against gguf's own dequantizer.
+"""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from parity import random_ids
+from test_gguf_families import CASES, ENCODERS, V, make_hf, outputs
+
+import swisslm
+from swisslm.cli import main
+from swisslm.io.gguf import open_gguf
+from swisslm.io.gguf_quants import quantize
+from swisslm.io.gguf_writer import GGUF_TYPES, tensor_type
+from swisslm.io.tokenizer import Tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+Q = gguf.GGMLQuantizationType
+TYPES = ("f32", "f16", "q8_0", "q6_k", "q4_k", "q4_1", "q4_0")
+REL_BOUND = {"f16": 2e-3, "q8_0": 0.04, "q6_k": 0.10, "q4_k": 0.35, "q4_1": 0.35, "q4_0": 0.35}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def source(request, tmp_path_factory):
+    family = request.param
+    hf = make_hf(family)
+    folder = tmp_path_factory.mktemp(f"src-{family}")
+    hf.save_pretrained(folder)
+    return family, hf, folder
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_convert_each_type_matches_hf(source, qtype, tmp_path):
+    family, hf, folder = source
+    out = tmp_path / f"{family}-{qtype}.gguf"
+    assert main(["convert", str(folder), str(out), "--type", qtype, "-q"]) == 0
+    reader = open_gguf(out)
+    target = GGUF_TYPES[qtype][0]
+    for t in reader.tensors:  # matrices in the requested type, llama.cpp's f32 set in f32
+        want = tensor_type(t.name, tuple(int(d) for d in reversed(t.shape.tolist())), target)
+        assert t.tensor_type == want, (t.name, t.tensor_type.name, want.name)
+        if len(t.shape) >= 2 and not t.name.endswith(("ffn_gate_inp.weight", "position_embd.weight",
+                                                      "token_types.weight")):
+            assert want == target, t.name
+    ours = swisslm.AutoModel.from_pretrained(out)
+    assert ours.config.family == family
+    ids = random_ids(V, batch=2, length=11)
+    a, b = outputs(hf, ids), outputs(ours, ids)
+    if qtype == "f32":
+        assert (a - b).abs().max().item() <= 1e-4
+    else:
+        rel = ((a - b).norm() / a.norm()).item()
+        assert rel <= REL_BOUND[qtype], f"{family} {qtype}: relative error {rel:.4f}"
+    if qtype in ("f32", "f16") and family not in ENCODERS:
+        theirs = hf.generate(ids, max_new_tokens=10, min_new_tokens=10, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)
+        assert torch.equal(theirs, ours.generate(ids, max_new_tokens=10, eos_token_id=[]))
+
+
+@pytest.mark.parametrize("qtype", ["f32", "q8_0", "q4_k", "q6_k"])
+def test_transformers_loads_exported_llama(qtype, tmp_path):
+    """transformers' GGUF loader (llama) reads our file to the same weights: same logits as swisslm
+    from that file, and for f32 the source model's. (It ignores `rope_freqs.weight`, so Llama-3
+    rope scaling is checked against swisslm only, in test_llama3_rope_scaling_round_trips.)"""
+    hf = make_hf("llama")
+    hf.save_pretrained(tmp_path / "src")
+    out = tmp_path / "model.gguf"
+    assert main(["convert", str(tmp_path / "src"), str(out), "--type", qtype, "-q"]) == 0
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=out.name).eval()
+    ours = swisslm.AutoModel.from_pretrained(out)
+    ids = random_ids(V, batch=2, length=11)
+    assert (outputs(theirs, ids) - outputs(ours, ids)).abs().max().item() <= 1e-4
+    if qtype == "f32":
+        assert (outputs(hf, ids) - outputs(theirs, ids)).abs().max().item() <= 1e-4
+
+
+def test_llama3_rope_scaling_round_trips(tmp_path):
+    """Our own export of a llama3-scaled model writes rope_freqs.weight and reads back the same
+    rope_scaling."""
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64, "rope_theta": 10000.0}
+    hf = make_hf("llama", rope_parameters=rope)
+    hf.save_pretrained(tmp_path / "src")
+    out = tmp_path / "m.gguf"
+    assert main(["convert", str(tmp_path / "src"), str(out), "--type", "f32", "-q"]) == 0
+    assert "rope_freqs.weight" in {t.name for t in open_gguf(out).tensors}
+    ours = swisslm.AutoModel.from_pretrained(out)
+    assert ours.config.rope_scaling == {k: v for k, v in rope.items() if k != "rope_theta"}
+    ids = random_ids(V, batch=1, length=40)
+    assert (outputs(hf, ids) - outputs(ours, ids)).abs().max().item() <= 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizers
+# ----------------------------------------------------------------------------------------------
+
+TEXTS = [
+    "Hello world! The quick brown fox jumps over 13 lazy dogs.",
+    "a  1 2345  tabs\tand\nnewlines, café naïve — emoji 🙂",
+    "<|im_start|>user\nhi there<|im_end|>",
+    "   leading spaces and UPPER case Words",
+]
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+TVOCAB = 320  # model vocabulary for the tokenizer tests (>= the trained tokenizers)
+
+
+def _bpe(pre: str) -> Tokenizer:
+    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as Backend
+
+    from swisslm.io.gguf import _LLAMA3_SPLIT
+
+    backend = Backend(models.BPE())
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre == "gpt-2")
+    backend.pre_tokenizer = {
+        "gpt-2": byte_level,
+        "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                           pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]),
+        "llama-bpe": pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+                                              byte_level]),
+    }[pre]
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(TEXTS * 20, trainer)
+    return Tokenizer(backend, special_tokens={"bos_token": "<|endoftext|>", "eos_token": "<|im_end|>",
+                                              "pad_token": "<|endoftext|>"},
+                     chat_template=TEMPLATE, add_bos_token=True, add_eos_token=False)
+
+
+def _wordpiece() -> Tokenizer:
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    backend = Backend(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials, show_progress=False)
+    backend.train_from_iterator(TEXTS * 20, trainer)
+    backend.post_processor = processors.BertProcessing(("[SEP]", backend.token_to_id("[SEP]")),
+                                                       ("[CLS]", backend.token_to_id("[CLS]")))
+    return Tokenizer(backend, special_tokens={"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                                              "unk_token": "[UNK]", "mask_token": "[MASK]"},
+                     returns_token_type_ids=True)
+
+
+@pytest.mark.parametrize("kind", ["gpt-2", "smollm", "llama-bpe", "wordpiece"])
+def test_tokenizer_and_chat_template_survive(kind, tmp_path):
+    family = "bert" if kind == "wordpiece" else "llama"
+    tok = _wordpiece() if kind == "wordpiece" else _bpe(kind)
+    assert len(tok) <= TVOCAB
+    hf = make_hf(family, vocab_size=TVOCAB)
+    hf.save_pretrained(tmp_path / "src")
+    tok.save(tmp_path / "src")
+    out = tmp_path / "m.gguf"
+    assert main(["convert", str(tmp_path / "src"), str(out), "--type", "q8_0", "-q"]) == 0
+    meta = {f.name: f.contents() for f in open_gguf(out).fields.values()
+            if f.name.startswith("tokenizer.ggml.") and f.name not in ("tokenizer.ggml.tokens",
+                                                                        "tokenizer.ggml.merges",
+                                                                        "tokenizer.ggml.token_type")}
+    assert meta["tokenizer.ggml.model"] == ("bert" if kind == "wordpiece" else "gpt2")
+    back = swisslm.AutoModel.from_pretrained(out).tokenizer
+    source = Tokenizer.from_folder(tmp_path / "src")
+    for text in TEXTS:
+        assert back.encode(text) == source.encode(text), text
+        assert back.encode(text, add_special_tokens=False) == source.encode(text, add_special_tokens=False)
+    if kind == "wordpiece":
+        assert meta["tokenizer.ggml.cls_token_id"] == source.backend.token_to_id("[CLS]")
+        assert meta["tokenizer.ggml.seperator_token_id"] == source.backend.token_to_id("[SEP]")
+        return
+    assert meta["tokenizer.ggml.pre"] == kind
+    assert meta["tokenizer.ggml.add_bos_token"] is True
+    assert (back.bos_token_id, back.eos_token_id, back.pad_token_id) == (
+        source.bos_token_id, source.eos_token_id, source.pad_token_id)
+    assert back.chat_template == TEMPLATE
+    chat = [{"role": "user", "content": "hi 12 there"}]
+    assert back.apply_chat_template(chat, add_generation_prompt=True) == \
+        source.apply_chat_template(chat, add_generation_prompt=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantizers and type rules
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("qtype,bound", [(Q.Q4_K, 0.08), (Q.Q6_K, 0.02)])
+def test_k_quants_round_trip_through_gguf(qtype, bound):
+    """Our Q4_K/Q6_K bytes decode with gguf's own dequantizer to within half a step of the
+    coarsest block (max error per row relative to the row's max magnitude)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 512)).astype(np.float32)
+    x[0, :100] = 0.0  # flat sub-blocks
+    x[1] += 5.0  # all positive: Q4_K's min must not be clamped away
+    x[2] *= 1e-3
+    x[3, :] = 0.0  # an all-zero row
+    blocks = quantize(x, qtype)
+    assert blocks.dtype == np.uint8 and blocks.shape == (6, 2 * gguf.GGML_QUANT_SIZES[qtype][1])
+    y = gguf.quants.dequantize(blocks, qtype)
+    assert y.shape == x.shape and np.isfinite(y).all()
+    scale = np.maximum(np.abs(x).max(axis=1, keepdims=True), 1e-30)
+    err = (np.abs(y - x) / scale).max(axis=1)
+    assert (err <= bound).all(), err
+    assert np.array_equal(y[3], x[3])
+
+
+def test_tensor_type_rules():
+    assert tensor_type("blk.0.attn_norm.weight", (256,), Q.Q4_K) == Q.F32
+    assert tensor_type("blk.0.attn_q.bias", (256,), Q.Q8_0) == Q.F32
+    assert tensor_type("blk.0.ffn_gate_inp.weight", (8, 256), Q.Q4_0) == Q.F32
+    assert tensor_type("position_embd.weight", (512, 256), Q.F16) == Q.F32
+    assert tensor_type("blk.0.attn_q.weight", (256, 256), Q.Q4_K) == Q.Q4_K
+    # llama.cpp's fallbacks when rows do not fit the block
+    assert tensor_type("blk.0.attn_q.weight", (64, 96), Q.Q4_K) == Q.Q5_0
+    assert tensor_type("blk.0.attn_q.weight", (64, 96), Q.Q6_K) == Q.Q8_0
+    assert tensor_type("blk.0.attn_q.weight", (64, 40), Q.Q4_K) == Q.F16
+    assert tensor_type("blk.0.attn_q.weight", (64, 40), Q.Q8_0) == Q.F16
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI errors: one line, exit 2, before any model loads
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["src", "out", "--type", "q8_0"], "--type is for a GGUF output"),
+    (["src", "out.gguf", "--dtype", "float16"], "--dtype is for an HF folder output"),
+    (["src", "missing-dir/out.gguf"], "no such folder"),
+    (["src", "exists.gguf"], "exists"),
+])
+def test_convert_bad_input_is_one_line(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exists.gguf").write_bytes(b"")
+    (tmp_path / "src").mkdir()
+    assert main(["convert", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_convert_bad_type_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["convert", "src", "out.gguf", "--type", "q3_k"])
+    assert e.value.code == 2
