@@ -16,6 +16,10 @@ The Q4_K / Q6_K quantizers are checked against gguf's own dequantizer.
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import gguf
 import numpy as np
 import pytest
@@ -260,3 +264,40 @@ def test_convert_bad_type_is_refused(capsys):
     with pytest.raises(SystemExit) as e:
         main(["convert", "src", "out.gguf", "--type", "q3_k"])
     assert e.value.code == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# llama.cpp itself (optional: SWISSLM_LLAMA_CPP_DIR = a build's bin/ with llama-simple)
+# ----------------------------------------------------------------------------------------------
+
+LLAMA_CPP = os.environ.get("SWISSLM_LLAMA_CPP_DIR")
+
+
+@pytest.mark.skipif(not LLAMA_CPP or not Path(LLAMA_CPP, "llama-simple").is_file(),
+                    reason="set SWISSLM_LLAMA_CPP_DIR to a llama.cpp build's bin/ to run llama.cpp on our exports")
+@pytest.mark.parametrize("family", ["llama", "granite", "granite_moe", "granite_moe_shared", "olmoe", "gpt_neox"])
+def test_llama_cpp_generates_our_greedy_tokens(family, tmp_path):
+    """llama.cpp loads our f32 export and its greedy continuation is byte for byte ours.
+    (OLMoE with MHA: llama.cpp's olmoe graph sizes the k norm for n_embd, so it has no GQA.)"""
+    from swisslm.io.gguf import _bytes_to_unicode
+
+    hf = make_hf(family, vocab_size=TVOCAB, **({"num_key_value_heads": 4} if family == "olmoe" else {}))
+    hf.save_pretrained(tmp_path / "src")
+    tok = _bpe("gpt-2")
+    tok.add_bos_token = False  # llama-simple feeds the prompt as its own tokenizer splits it
+    tok._update_post_processor()
+    tok.save(tmp_path / "src")
+    out = tmp_path / "m.gguf"
+    assert main(["convert", str(tmp_path / "src"), str(out), "--type", "f32", "-q"]) == 0
+    prompt = "Hello world! The quick brown fox"
+    model = swisslm.AutoModel.from_pretrained(out)
+    ids = torch.tensor([model.tokenizer.encode(prompt)])
+    new = model.generate(ids, max_new_tokens=12, eos_token_id=[])[0].tolist()
+    to_byte = {c: b for b, c in _bytes_to_unicode().items()}
+    pieces = [model.tokenizer.id_to_token(i) for i in new]  # llama.cpp prints nothing for [PADn] (unused)
+    ours = b"".join(b"" if p.startswith("[PAD") else bytes(to_byte[c] for c in p) for p in pieces)
+    env = dict(os.environ, LD_LIBRARY_PATH=LLAMA_CPP)
+    run = subprocess.run([str(Path(LLAMA_CPP, "llama-simple")), "-m", str(out), "-n", "12", prompt],
+                         capture_output=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr.decode(errors="replace")[-500:]
+    assert run.stdout.strip() == ours.strip()
