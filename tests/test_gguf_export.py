@@ -130,7 +130,7 @@ def _bpe(pre: str) -> Tokenizer:
     from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
     from tokenizers import Tokenizer as Backend
 
-    from swisslm.io.gguf import _LLAMA3_SPLIT
+    from swisslm.io.gguf import LLAMA3_SPLIT
 
     backend = Backend(models.BPE())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre == "gpt-2")
@@ -138,7 +138,7 @@ def _bpe(pre: str) -> Tokenizer:
         "gpt-2": byte_level,
         "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]),
-        "llama-bpe": pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+        "llama-bpe": pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
                                               byte_level]),
     }[pre]
     backend.decoder = decoders.ByteLevel()

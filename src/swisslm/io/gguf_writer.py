@@ -37,6 +37,7 @@ import torch
 
 from ..families import get_family
 from .errors import CheckpointError
+from .gguf import LLAMA3_SPLIT, QWEN2_SPLIT  # the reader's split regexes: one table both ways
 from .gguf_quants import block_size, quantize
 from .loader import export_state
 
@@ -85,8 +86,6 @@ def tensor_type(name: str, shape: tuple[int, ...], target: Q) -> Q:
 
 def _pre_name(pre: dict[str, Any] | None) -> str:
     """llama.cpp's `tokenizer.ggml.pre` for a byte-level BPE pre-tokenizer (the splits our reader knows)."""
-    from .gguf import _LLAMA3_SPLIT, _QWEN2_SPLIT  # noqa: PLC0415 - the reader's own tables
-
     if pre is None:
         return "default"
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
@@ -97,9 +96,9 @@ def _pre_name(pre: dict[str, Any] | None) -> str:
         return "smollm"  # every digit alone, then GPT-2's regex (SmolLM2, StarCoder)
     if kinds == ["Split", "ByteLevel"]:
         regex = (steps[0].get("pattern") or {}).get("Regex")
-        if regex == _LLAMA3_SPLIT:
+        if regex == LLAMA3_SPLIT:
             return "llama-bpe"
-        if regex == _QWEN2_SPLIT:
+        if regex == QWEN2_SPLIT:
             return "qwen2"
     logger.warning("pre-tokenizer %s has no llama.cpp name here; writing 'default'", kinds)
     return "default"
