@@ -123,7 +123,7 @@ TEXTS = [
 ]
 TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-TVOCAB = 320  # model vocabulary for the tokenizer tests (>= the trained tokenizers)
+TVOCAB = 400  # model vocabulary for the tokenizer tests (>= the trained tokenizers)
 
 
 def _bpe(pre: str) -> Tokenizer:
@@ -150,6 +150,32 @@ def _bpe(pre: str) -> Tokenizer:
                      chat_template=TEMPLATE, add_bos_token=True, add_eos_token=False)
 
 
+def _sentencepiece() -> Tokenizer:
+    """Llama-2 style: BPE over U+2581-spelled words with byte fallback (<0x00>..<0xFF> pieces)."""
+    import json
+
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    metaspace = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    trained = Backend(models.BPE())
+    trained.pre_tokenizer = metaspace
+    trainer = trainers.BpeTrainer(vocab_size=120, show_progress=False)
+    trained.train_from_iterator(TEXTS * 20, trainer)
+    spec = json.loads(trained.to_str())["model"]
+    pieces = ["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256))]
+    pieces += [t for t, _ in sorted(spec["vocab"].items(), key=lambda kv: kv[1]) if t not in pieces]
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in spec["merges"]]
+    backend = Backend(models.BPE(vocab={t: i for i, t in enumerate(pieces)}, merges=merges, byte_fallback=True,
+                                 unk_token="<unk>", fuse_unk=True))
+    backend.pre_tokenizer = metaspace
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    backend.add_special_tokens(["<unk>", "<s>", "</s>"])
+    return Tokenizer(backend, special_tokens={"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
+                     chat_template=TEMPLATE, add_bos_token=True, add_eos_token=False)
+
+
 def _wordpiece() -> Tokenizer:
     from tokenizers import Tokenizer as Backend
     from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -168,10 +194,10 @@ def _wordpiece() -> Tokenizer:
                      returns_token_type_ids=True)
 
 
-@pytest.mark.parametrize("kind", ["gpt-2", "smollm", "llama-bpe", "wordpiece"])
+@pytest.mark.parametrize("kind", ["gpt-2", "smollm", "llama-bpe", "sentencepiece", "wordpiece"])
 def test_tokenizer_and_chat_template_survive(kind, tmp_path):
     family = "bert" if kind == "wordpiece" else "llama"
-    tok = _wordpiece() if kind == "wordpiece" else _bpe(kind)
+    tok = {"wordpiece": _wordpiece, "sentencepiece": _sentencepiece}.get(kind, lambda: _bpe(kind))()
     assert len(tok) <= TVOCAB
     hf = make_hf(family, vocab_size=TVOCAB)
     hf.save_pretrained(tmp_path / "src")
@@ -182,17 +208,18 @@ def test_tokenizer_and_chat_template_survive(kind, tmp_path):
             if f.name.startswith("tokenizer.ggml.") and f.name not in ("tokenizer.ggml.tokens",
                                                                         "tokenizer.ggml.merges",
                                                                         "tokenizer.ggml.token_type")}
-    assert meta["tokenizer.ggml.model"] == ("bert" if kind == "wordpiece" else "gpt2")
+    assert meta["tokenizer.ggml.model"] == {"wordpiece": "bert", "sentencepiece": "llama"}.get(kind, "gpt2")
     back = swisslm.AutoModel.from_pretrained(out).tokenizer
     source = Tokenizer.from_folder(tmp_path / "src")
-    for text in TEXTS:
+    for text in [*TEXTS, "Unseen wörds: Zürich 北京 🙂 x=42;"]:
         assert back.encode(text) == source.encode(text), text
+        assert back.decode(back.encode(text)) == source.decode(source.encode(text))
         assert back.encode(text, add_special_tokens=False) == source.encode(text, add_special_tokens=False)
     if kind == "wordpiece":
         assert meta["tokenizer.ggml.cls_token_id"] == source.backend.token_to_id("[CLS]")
         assert meta["tokenizer.ggml.seperator_token_id"] == source.backend.token_to_id("[SEP]")
         return
-    assert meta["tokenizer.ggml.pre"] == kind
+    assert meta["tokenizer.ggml.pre"] == ("default" if kind == "sentencepiece" else kind)
     assert meta["tokenizer.ggml.add_bos_token"] is True
     assert (back.bos_token_id, back.eos_token_id, back.pad_token_id) == (
         source.bos_token_id, source.eos_token_id, source.pad_token_id)
