@@ -229,6 +229,22 @@ def test_tokenizer_and_chat_template_survive(kind, tmp_path):
         source.apply_chat_template(chat, add_generation_prompt=True)
 
 
+def test_minilm_to_gguf_encodes_and_embeds_alike(minilm_path, tmp_path):
+    """The real all-MiniLM-L6-v2 (uncased WordPiece, 30522 pieces; its vocabulary holds symbols
+    like U+211D that str.isupper() calls upper) through an f16 GGUF: same ids, token types and
+    hidden states within fp16 rounding. llama.cpp has no pooler, so the GGUF model has none."""
+    out = tmp_path / "minilm.gguf"
+    assert main(["convert", str(minilm_path), str(out), "--type", "f16", "-q"]) == 0
+    src, back = swisslm.AutoModel.from_pretrained(minilm_path), swisslm.AutoModel.from_pretrained(out)
+    for text in ["Hello World, this is MiniLM!", "Zürich café naïve 北京 🙂 x=42", "Ελληνικά ÀÉÎ unaffable"]:
+        assert back.tokenizer(text)["input_ids"] == src.tokenizer(text)["input_ids"], text
+        assert back.tokenizer(text)["token_type_ids"] == src.tokenizer(text)["token_type_ids"]
+    ids = torch.tensor([src.tokenizer.encode("The GGUF file keeps the encoder as it was.")])
+    a, b = outputs(src, ids), outputs(back, ids)
+    assert ((a - b).norm() / a.norm()).item() <= 2e-3
+    assert not hasattr(back, "pooler")
+
+
 # ----------------------------------------------------------------------------------------------
 # Quantizers and type rules
 # ----------------------------------------------------------------------------------------------

@@ -361,7 +361,7 @@ def _wordpiece_tokenizer(reader: Any, name: str, tokens: list[str], types: list[
 
     llama.cpp spells a word-initial piece with a leading U+2581 and a continuation without the
     `##` (convert_hf_to_gguf.py BertModel.set_vocab); control tokens keep their text. Its WPM
-    tokenizer lowercases and strips accents; a vocabulary with upper-case pieces (a cased BERT)
+    tokenizer lowercases and strips accents; a vocabulary with A-Z in its pieces (a cased BERT)
     is kept cased here, as its own tokenizer.json would say.
     """
     vocab: dict[str, int] = {}
@@ -371,7 +371,8 @@ def _wordpiece_tokenizer(reader: Any, name: str, tokens: list[str], types: list[
     unk = tok("unknown_token_id") or "[UNK]"
     backend = tokenizers.Tokenizer(models.WordPiece(vocab=vocab, unk_token=unk, continuing_subword_prefix="##",
                                                     max_input_chars_per_word=100))
-    cased = any(c.isupper() for t, ty in zip(tokens, types) if ty == TOKEN_NORMAL for c in t)
+    # ASCII capitals only: uncased vocabularies hold symbols such as U+211D that str.isupper() calls upper
+    cased = any("A" <= c <= "Z" for t, ty in zip(tokens, types) if ty == TOKEN_NORMAL for c in t)
     backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                                     strip_accents=None, lowercase=not cased)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
