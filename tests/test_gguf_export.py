@@ -348,15 +348,14 @@ def test_llama_cpp_generates_our_greedy_tokens(family, tmp_path):
 
 def test_quantized_swisslm_checkpoint_is_refused_in_one_line(tmp_path, capsys):
     """An int8 swisslm folder has no float weights to write: one line, exit 2, no file left."""
-    from swisslm.cli import main as cli
     from swisslm.config import ModelConfig
 
     model = swisslm.AutoModel.from_config(ModelConfig(vocab_size=64, hidden_size=64, num_layers=1, num_heads=2,
                                                       intermediate_size=64), seed=0)
     model.save_pretrained(tmp_path / "f")
-    assert cli(["quantize", str(tmp_path / "f"), str(tmp_path / "q"), "--scheme", "int8", "-q"]) == 0
+    assert main(["quantize", str(tmp_path / "f"), str(tmp_path / "q"), "--scheme", "int8", "-q"]) == 0
     capsys.readouterr()
-    assert cli(["convert", str(tmp_path / "q"), str(tmp_path / "q.gguf"), "-q"]) == 2
+    assert main(["convert", str(tmp_path / "q"), str(tmp_path / "q.gguf"), "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert "quantized" in err and "\n" not in err
     assert not list(tmp_path.glob("q.gguf*"))
