@@ -322,15 +322,15 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as e:
         read_gguf_config(other)
     msg = str(e.value)
-    assert "gpt2.gguf" in msg and "'gpt2'" in msg and "['llama']" in msg and "\n" not in msg
+    assert "gpt2.gguf" in msg and "'gpt2'" in msg and "'llama'" in msg and "'gptneox'" in msg and "\n" not in msg
 
     odd = tmp_path / "odd.gguf"
     _tiny_llama(odd, extra_tensors={"blk.0.mystery.weight": (np.zeros(4, np.float32), None)})
     with pytest.raises(CheckpointError, match=r"odd\.gguf: 1 GGUF tensor\(s\) unknown .*blk\.0\.mystery"):
         next(iter_gguf_tensors(odd))
 
-    freqs = tmp_path / "llama31.gguf"
-    _tiny_llama(freqs, extra_tensors={"rope_freqs.weight": (np.ones(32, np.float32), None)})
+    freqs = tmp_path / "llama31.gguf"  # factors no llama3 rope scaling produces are refused
+    _tiny_llama(freqs, extra_tensors={"rope_freqs.weight": (np.linspace(1, 3, 32, dtype=np.float32), None)})
     with pytest.raises(CheckpointError, match="rope_freqs"):
         read_gguf_config(freqs)
 

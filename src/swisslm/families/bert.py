@@ -18,6 +18,7 @@ the export writes `pooler.dense.*` exactly when the source had them.
 from __future__ import annotations
 
 from collections import namedtuple
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -25,11 +26,108 @@ from torch import nn
 
 from ..config import ConfigError, ModelConfig
 from ..core.backbone import ModelOutput
+from ..errors import CheckpointError
 from . import Family, common_from_hf, hf_get, register_family
+from .gguf_names import DROP, GGUFMetadata, GGUFNames, Out, export_tensors, f32_short, out, split
 from .llama import ACT_TO_HF, activation_from_hf, qkv_sizes
-from .weight_map import Part, WeightMap
+from .weight_map import LoadOnly, Part, WeightMap
 
 _L = "encoder.layer.{layer}."
+
+# -- GGUF (llama.cpp's `bert`; BertModel in convert_hf_to_gguf.py) ----------------------------
+# Separate q/k/v (a fused `attn_qkv`, which newer llama.cpp accepts too, lands on our qkv as is);
+# post-norm LayerNorms are `attn_output_norm` / `layer_output_norm`. llama.cpp has no pooler
+# (its converter drops `pooler.dense`), so the pooler is not exported and a GGUF BERT has none;
+# sentence embeddings are pooled as `{arch}.pooling_type` says (mean: 1, as sentence-transformers).
+POOLING_MEAN = 1
+
+_GGUF_PAIRS = (  # (llama.cpp, HF) for weight and bias alike
+    ("token_embd_norm", "embeddings.LayerNorm"),
+    ("blk.{layer}.attn_q", _L + "attention.self.query"),
+    ("blk.{layer}.attn_k", _L + "attention.self.key"),
+    ("blk.{layer}.attn_v", _L + "attention.self.value"),
+    ("blk.{layer}.attn_output", _L + "attention.output.dense"),
+    ("blk.{layer}.attn_output_norm", _L + "attention.output.LayerNorm"),
+    ("blk.{layer}.ffn_up", _L + "intermediate.dense"),
+    ("blk.{layer}.ffn_down", _L + "output.dense"),
+    ("blk.{layer}.layer_output_norm", _L + "output.LayerNorm"),
+)
+
+
+def config_from_gguf(meta: GGUFMetadata, arch: str) -> dict[str, Any]:
+    dims = meta.tensor_shape("token_embd.weight")
+    pos = meta.tensor_shape("position_embd.weight")
+    if dims is None or pos is None:
+        raise CheckpointError(f"{meta.name}: a BERT GGUF needs token_embd.weight and position_embd.weight")
+    types = meta.tensor_shape("token_types.weight")
+    cfg = {
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "vocab_size": dims[0],
+        "hidden_size": int(meta.require(f"{arch}.embedding_length")),
+        "intermediate_size": int(meta.require(f"{arch}.feed_forward_length")),
+        "num_hidden_layers": int(meta.require(f"{arch}.block_count")),
+        "num_attention_heads": int(meta.require(f"{arch}.attention.head_count")),
+        "max_position_embeddings": pos[0],
+        "layer_norm_eps": f32_short(meta.require(f"{arch}.attention.layer_norm_epsilon")),
+        "type_vocab_size": types[0] if types is not None else 0,
+        "hidden_act": "gelu",
+        "position_embedding_type": "absolute",
+    }
+    pad = meta.value("tokenizer.ggml.padding_token_id")
+    if pad is not None:
+        cfg["pad_token_id"] = int(pad)
+    return cfg
+
+
+def bert_meta(cfg: ModelConfig, arch: str) -> dict[str, Any]:
+    return {
+        f"{arch}.context_length": cfg.max_position_embeddings,
+        f"{arch}.embedding_length": cfg.hidden_size,
+        f"{arch}.block_count": cfg.num_layers,
+        f"{arch}.feed_forward_length": cfg.intermediate_size,
+        f"{arch}.attention.head_count": cfg.num_heads,
+        f"{arch}.attention.layer_norm_epsilon": float(cfg.norm_eps),
+        f"{arch}.attention.causal": False,
+        f"{arch}.pooling_type": POOLING_MEAN,
+        "tokenizer.ggml.token_type_count": max(cfg.type_vocab_size, 1),
+    }
+
+
+GGUF_OUT: dict[str, Out] = {
+    "embed.word.weight": out("token_embd.weight"),
+    "embed.position.weight": out("position_embd.weight"),
+    "embed.token_type.weight": out("token_types.weight"),
+    "embed.norm.weight": out("token_embd_norm.weight"),
+    "embed.norm.bias": out("token_embd_norm.bias"),
+    **{f"layers.{{layer}}.attn.qkv.{p}": split(tuple(f"blk.{{layer}}.attn_{x}.{p}" for x in "qkv"), qkv_sizes)
+       for p in ("weight", "bias")},
+    **{f"layers.{{layer}}.{ours}.{p}": out(f"blk.{{layer}}.{theirs}.{p}")
+       for ours, theirs in (("attn.out", "attn_output"), ("norm_attn", "attn_output_norm"), ("mlp.up", "ffn_up"),
+                            ("mlp.down", "ffn_down"), ("norm_mlp", "layer_output_norm"))
+       for p in ("weight", "bias")},
+    "pooler.dense.weight": DROP,
+    "pooler.dense.bias": DROP,
+}
+
+
+def export_bert(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    yield from export_tensors(GGUF_OUT, cfg, state)
+
+
+GGUF_NAMES = GGUFNames(
+    config=config_from_gguf,
+    tensors={
+        "token_embd.weight": ("embeddings.word_embeddings.weight", None),
+        "position_embd.weight": ("embeddings.position_embeddings.weight", None),
+        "token_types.weight": ("embeddings.token_type_embeddings.weight", None),
+        **{f"{theirs}.{p}": (f"{hf}.{p}", None) for theirs, hf in _GGUF_PAIRS for p in ("weight", "bias")},
+        "blk.{layer}.attn_qkv.weight": ("blk.{layer}.attn_qkv.weight", None),
+        "blk.{layer}.attn_qkv.bias": ("blk.{layer}.attn_qkv.bias", None),
+    },
+    metadata=bert_meta,
+    export=export_bert,
+)
 
 # ModelOutput's fields plus HF's `pooler_output` (derived, so a field added to ModelOutput carries over).
 EncoderOutput = namedtuple("EncoderOutput", [*ModelOutput._fields, "pooler_output"])
@@ -56,6 +154,8 @@ class Bert(Family):
     name = "bert"
     architectures = ("BertModel",)
     model_type = "bert"
+    gguf_architectures = ("bert",)
+    GGUF_NAMES = GGUF_NAMES
 
     WEIGHT_MAP: WeightMap = {
         "embeddings.word_embeddings.weight": "embed.word.weight",
@@ -82,6 +182,8 @@ class Bert(Family):
         _L + "output.LayerNorm.bias": "layers.{layer}.norm_mlp.bias",
         "pooler.dense.weight": "pooler.dense.weight",
         "pooler.dense.bias": "pooler.dense.bias",
+        "blk.{layer}.attn_qkv.weight": LoadOnly("layers.{layer}.attn.qkv.weight"),
+        "blk.{layer}.attn_qkv.bias": LoadOnly("layers.{layer}.attn.qkv.bias"),
     }
 
     @classmethod

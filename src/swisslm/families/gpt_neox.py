@@ -12,14 +12,17 @@ inverse re-interleaves on export.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 
 from ..config import ConfigError, ModelConfig
+from ..errors import CheckpointError
 from . import Family, common_from_hf, hf_get, register_family
+from .gguf_names import GGUFMetadata, GGUFNames, Out, decoder_meta, export_tensors, f32_short, out
 from .llama import ACT_TO_HF, activation_from_hf
-from .weight_map import Transform, WeightMap
+from .weight_map import LoadOnly, Transform, WeightMap
 
 
 def neox_deinterleave_qkv(t: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
@@ -36,11 +39,100 @@ def neox_interleave_qkv(t: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
 
 _L = "gpt_neox.layers.{layer}."
 
+# -- GGUF (llama.cpp's `gptneox`; GPTNeoXModel in convert_hf_to_gguf.py) -----------------------
+# llama.cpp de-interleaves the fused qkv to [q; k; v] rows, which is our layout: `attn_qkv` keeps
+# its GGUF name on the way in and lands on our qkv as is. Rotary is NEOX (rotate-half), no permute.
+
+
+def _rotary_pct(rot: int, head_dim: int) -> float:
+    """The fraction whose int(head_dim * pct) is `rot`, as HF computes the width. A width of 0
+    becomes a fraction that rounds down to 0 again (ModelConfig wants a positive rotary_pct)."""
+    if rot == 0:
+        return 0.5 / head_dim
+    pct = rot / head_dim
+    return pct if int(head_dim * pct) == rot else (rot + 1e-6) / head_dim
+
+
+def config_from_gguf(meta: GGUFMetadata, arch: str) -> dict[str, Any]:
+    hidden = int(meta.require(f"{arch}.embedding_length"))
+    heads = int(meta.require(f"{arch}.attention.head_count"))
+    head_dim = hidden // heads
+    rot = int(meta.value(f"{arch}.rope.dimension_count", head_dim))
+    if not 0 <= rot <= head_dim:
+        raise CheckpointError(f"{meta.name}: rope.dimension_count {rot} is not within 0..head_dim ({head_dim})")
+    dims = meta.tensor_shape("token_embd.weight")
+    if dims is None:
+        raise CheckpointError(f"{meta.name}: GGUF has no token_embd.weight")
+    return {
+        "architectures": ["GPTNeoXForCausalLM"],
+        "model_type": "gpt_neox",
+        "vocab_size": int(meta.value(f"{arch}.vocab_size", dims[0])),
+        "hidden_size": hidden,
+        "intermediate_size": int(meta.require(f"{arch}.feed_forward_length")),
+        "num_hidden_layers": int(meta.require(f"{arch}.block_count")),
+        "num_attention_heads": heads,
+        "max_position_embeddings": int(meta.value(f"{arch}.context_length", 2048)),
+        "layer_norm_eps": f32_short(meta.require(f"{arch}.attention.layer_norm_epsilon")),
+        "rotary_pct": _rotary_pct(rot, head_dim),
+        "rotary_emb_base": f32_short(meta.value(f"{arch}.rope.freq_base", 10000.0)),
+        "use_parallel_residual": bool(meta.value(f"{arch}.use_parallel_residual", True)),
+        "attention_bias": meta.tensor_shape("blk.0.attn_qkv.bias") is not None,
+        "hidden_act": "gelu",
+        "tie_word_embeddings": meta.tensor_shape("output.weight") is None,
+        **{hf: int(v) for hf, key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
+                                      ("pad_token_id", "padding_token_id"))
+           if (v := meta.value(f"tokenizer.ggml.{key}")) is not None},
+    }
+
+
+def neox_meta(cfg: ModelConfig, arch: str) -> dict[str, Any]:
+    meta = {k: v for k, v in decoder_meta(cfg, arch).items() if ".head_count_kv" not in k}
+    meta[f"{arch}.use_parallel_residual"] = bool(cfg.parallel_residual)
+    return meta
+
+
+GGUF_OUT: dict[str, Out] = {
+    "embed.word.weight": out("token_embd.weight"),
+    "final_norm.weight": out("output_norm.weight"),
+    "final_norm.bias": out("output_norm.bias"),
+    "head.proj.weight": out("output.weight"),
+    **{f"layers.{{layer}}.{ours}.{p}": out(f"blk.{{layer}}.{theirs}.{p}")
+       for ours, theirs in (("norm_attn", "attn_norm"), ("norm_mlp", "ffn_norm"), ("attn.qkv", "attn_qkv"),
+                            ("attn.out", "attn_output"), ("mlp.up", "ffn_up"), ("mlp.down", "ffn_down"))
+       for p in ("weight", "bias")},
+}
+
+
+def export_neox(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    yield from export_tensors(GGUF_OUT, cfg, state)
+
+
+GGUF_NAMES = GGUFNames(
+    config=config_from_gguf,
+    tensors={
+        "token_embd.weight": ("gpt_neox.embed_in.weight", None),
+        "output_norm.weight": ("gpt_neox.final_layer_norm.weight", None),
+        "output_norm.bias": ("gpt_neox.final_layer_norm.bias", None),
+        "output.weight": ("embed_out.weight", None),
+        **{f"blk.{{layer}}.{theirs}.{p}": (_L + f"{hf}.{p}", None)
+           for theirs, hf in (("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm"),
+                              ("attn_output", "attention.dense"), ("ffn_up", "mlp.dense_h_to_4h"),
+                              ("ffn_down", "mlp.dense_4h_to_h"))
+           for p in ("weight", "bias")},
+        "blk.{layer}.attn_qkv.weight": ("blk.{layer}.attn_qkv.weight", None),
+        "blk.{layer}.attn_qkv.bias": ("blk.{layer}.attn_qkv.bias", None),
+    },
+    metadata=neox_meta,
+    export=export_neox,
+)
+
 
 class GPTNeoX(Family):
     name = "gpt_neox"
     architectures = ("GPTNeoXForCausalLM",)
     model_type = "gpt_neox"
+    gguf_architectures = ("gptneox",)
+    GGUF_NAMES = GGUF_NAMES
 
     WEIGHT_MAP: WeightMap = {
         "gpt_neox.embed_in.weight": "embed.word.weight",
@@ -65,6 +157,8 @@ class GPTNeoX(Family):
         "gpt_neox.final_layer_norm.weight": "final_norm.weight",
         "gpt_neox.final_layer_norm.bias": "final_norm.bias",
         "embed_out.weight": "head.proj.weight",
+        "blk.{layer}.attn_qkv.weight": LoadOnly("layers.{layer}.attn.qkv.weight"),
+        "blk.{layer}.attn_qkv.bias": LoadOnly("layers.{layer}.attn.qkv.bias"),
     }
 
     @classmethod

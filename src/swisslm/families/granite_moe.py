@@ -10,29 +10,109 @@ which is our own layout, so the map is a rename.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
+
+import torch
 
 from ..config import ModelConfig
 from . import hf_get, register_family
-from .granite import Granite
-from .llama import Llama
-from .weight_map import WeightMap
+from .gguf_names import GGUFMetadata, GGUFNames, Out, export_tensors, out, split
+from .granite import Granite, granite_config_from_gguf, granite_meta
+from .llama import ATTENTION_OUT, GGUF_TENSORS, Llama, rope_freqs_out
+from .weight_map import LoadOnly, Part, WeightMap
 
 _MOE = "model.layers.{layer}.block_sparse_moe."
 
 ATTENTION_AND_NORMS: WeightMap = {k: v for k, v in Llama.WEIGHT_MAP.items() if ".mlp." not in k}
 
 
+def expert_gate_up_sizes(cfg: ModelConfig) -> list[int]:
+    return [cfg.moe_intermediate_size, cfg.moe_intermediate_size]
+
+
+def shared_gate_up_sizes(cfg: ModelConfig) -> list[int]:
+    return [cfg.shared_expert_intermediate_size, cfg.shared_expert_intermediate_size]
+
+
+# llama.cpp stores experts stacked per layer with gate and up apart ([E, ff, hidden] each); they
+# keep their GGUF names on the way in (see GGUF_TENSORS below) and land in our fused gate_up.
+GGUF_EXPERTS: WeightMap = {
+    "blk.{layer}.ffn_gate_exps.weight": LoadOnly(Part("layers.{layer}.mlp.gate_up", 0, expert_gate_up_sizes, dim=1)),
+    "blk.{layer}.ffn_up_exps.weight": LoadOnly(Part("layers.{layer}.mlp.gate_up", 1, expert_gate_up_sizes, dim=1)),
+    "blk.{layer}.ffn_down_exps.weight": LoadOnly("layers.{layer}.mlp.down"),
+}
+GGUF_EXPERTS_OUT: dict[str, Out] = {
+    "layers.{layer}.mlp.router.weight": out("blk.{layer}.ffn_gate_inp.weight"),
+    "layers.{layer}.mlp.gate_up": split(("blk.{layer}.ffn_gate_exps.weight", "blk.{layer}.ffn_up_exps.weight"),
+                                        expert_gate_up_sizes, dim=1),
+    "layers.{layer}.mlp.down": out("blk.{layer}.ffn_down_exps.weight"),
+}
+_PASS = {name: (name, None) for name in GGUF_EXPERTS}
+
+
+def granite_moe_config_from_gguf(meta: GGUFMetadata, arch: str) -> dict[str, Any]:
+    cfg = granite_config_from_gguf(meta, arch)
+    shared = meta.value(f"{arch}.expert_shared_feed_forward_length")
+    cfg.update(architectures=["GraniteMoeSharedForCausalLM" if shared else "GraniteMoeForCausalLM"],
+               model_type="granitemoeshared" if shared else "granitemoe",
+               num_local_experts=int(meta.require(f"{arch}.expert_count")),
+               num_experts_per_tok=int(meta.require(f"{arch}.expert_used_count")),
+               intermediate_size=int(meta.value(f"{arch}.expert_feed_forward_length", cfg["intermediate_size"])))
+    if shared:
+        cfg["shared_intermediate_size"] = int(shared)
+    return cfg
+
+
+def granite_moe_meta(cfg: ModelConfig, arch: str) -> dict[str, Any]:
+    meta = granite_meta(cfg, arch)
+    if cfg.shared_expert_intermediate_size:
+        meta[f"{arch}.expert_shared_feed_forward_length"] = cfg.shared_expert_intermediate_size
+    return meta
+
+
+GGUF_OUT: dict[str, Out] = {
+    **ATTENTION_OUT,
+    **GGUF_EXPERTS_OUT,
+    "layers.{layer}.mlp.shared.gate_up.weight": split(
+        ("blk.{layer}.ffn_gate_shexp.weight", "blk.{layer}.ffn_up_shexp.weight"), shared_gate_up_sizes),
+    "layers.{layer}.mlp.shared.down.weight": out("blk.{layer}.ffn_down_shexp.weight"),
+}
+
+
+def export_granite_moe(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    yield from rope_freqs_out(cfg)
+    yield from export_tensors(GGUF_OUT, cfg, state)
+
+
+GGUF_NAMES = GGUFNames(
+    config=granite_moe_config_from_gguf,
+    tensors={
+        **{k: v for k, v in GGUF_TENSORS.items() if ".ffn_" not in k or "ffn_norm" in k},
+        "blk.{layer}.ffn_gate_inp.weight": (_MOE + "router.layer.weight", None),
+        **_PASS,
+        "blk.{layer}.ffn_gate_shexp.weight": ("blk.{layer}.ffn_gate_shexp.weight", None),
+        "blk.{layer}.ffn_up_shexp.weight": ("blk.{layer}.ffn_up_shexp.weight", None),
+        "blk.{layer}.ffn_down_shexp.weight": ("model.layers.{layer}.shared_mlp.output_linear.weight", None),
+    },
+    metadata=granite_moe_meta,
+    export=export_granite_moe,
+)
+
+
 class GraniteMoe(Granite):
     name = "granite_moe"
     architectures = ("GraniteMoeForCausalLM",)
     model_type = "granitemoe"
+    gguf_architectures = ("granitemoe",)
+    GGUF_NAMES = GGUF_NAMES
 
     WEIGHT_MAP: WeightMap = {
         **ATTENTION_AND_NORMS,
         _MOE + "router.layer.weight": "layers.{layer}.mlp.router.weight",
         _MOE + "input_linear.weight": "layers.{layer}.mlp.gate_up",
         _MOE + "output_linear.weight": "layers.{layer}.mlp.down",
+        **GGUF_EXPERTS,
     }
 
     @classmethod
@@ -68,6 +148,10 @@ class GraniteMoeShared(GraniteMoe):
         **GraniteMoe.WEIGHT_MAP,
         "model.layers.{layer}.shared_mlp.input_linear.weight": "layers.{layer}.mlp.shared.gate_up.weight",
         "model.layers.{layer}.shared_mlp.output_linear.weight": "layers.{layer}.mlp.shared.down.weight",
+        "blk.{layer}.ffn_gate_shexp.weight": LoadOnly(
+            Part("layers.{layer}.mlp.shared.gate_up.weight", 0, shared_gate_up_sizes)),
+        "blk.{layer}.ffn_up_shexp.weight": LoadOnly(
+            Part("layers.{layer}.mlp.shared.gate_up.weight", 1, shared_gate_up_sizes)),
     }
 
     @classmethod

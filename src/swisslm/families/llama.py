@@ -7,7 +7,10 @@ decoder families (Granite, GraniteMoE, OLMoE) extend these adapters instead of c
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
+
+import torch
 
 from ..config import ConfigError, ModelConfig
 from ..errors import CheckpointError
@@ -15,9 +18,18 @@ from . import Family, common_from_hf, hf_get, register_family
 from .gguf_names import (
     GGUFMetadata,
     GGUFNames,
+    Out,
     Transform,
+    decoder_meta,
+    export_tensors,
     f32_short,
+    llama3_rope_factors,
+    llama3_rope_from_factors,
+    out,
+    permute_k_out,
+    permute_q_out,
     rope_scaling_from_gguf,
+    split,
     unpermute_k,
     unpermute_q,
 )
@@ -70,13 +82,12 @@ def rope_to_hf(cfg: ModelConfig) -> dict[str, Any]:
 # -- GGUF (llama.cpp's `llama` architecture: Llama, SmolLM2, Mistral-style files) ---------------
 
 def config_from_gguf(meta: GGUFMetadata, arch: str) -> dict[str, Any]:
-    """LlamaConfig keys from llama.cpp's `llama.*` metadata (convert_hf_to_gguf.py, read backwards)."""
+    """LlamaConfig keys from llama.cpp's `llama.*` metadata (convert_hf_to_gguf.py, read backwards).
+
+    Llama 3.x files carry their rope scaling as `rope_freqs.weight` (one factor per frequency);
+    it becomes HF's llama3 `rope_scaling` (`llama3_rope_from_factors`), and the tensor is dropped.
+    """
     name = meta.name
-    if meta.tensor_shape("rope_freqs.weight") is not None:
-        # Llama 3.1-style frequency factors: HF keeps them as rope_scaling parameters that the
-        # tensor does not carry, and dropping it would change the maths silently.
-        raise CheckpointError(f"{name}: llama3-style rope_freqs.weight (Llama 3.1 rope scaling) "
-                              "is not supported yet")
     hidden = int(meta.require(f"{arch}.embedding_length"))
     heads = int(meta.require(f"{arch}.attention.head_count"))
     kv_heads = int(meta.value(f"{arch}.attention.head_count_kv", heads))
@@ -116,6 +127,12 @@ def config_from_gguf(meta: GGUFMetadata, arch: str) -> dict[str, Any]:
         if v is not None:
             cfg[hf_key] = int(v)
     rope_scaling = rope_scaling_from_gguf(meta, arch)
+    factors = meta.tensor_values("rope_freqs.weight")
+    if factors is not None:
+        if rope_scaling is not None:
+            raise CheckpointError(f"{name}: both rope_freqs.weight and {arch}.rope.scaling.type are set")
+        rope_scaling = llama3_rope_from_factors(name, factors, cfg["rope_theta"], head_dim,
+                                                meta.value(f"{arch}.context_length"))
     if rope_scaling is not None:
         cfg["rope_scaling"] = rope_scaling
     return cfg
@@ -140,9 +157,51 @@ GGUF_TENSORS: dict[str, tuple[str | None, Transform | None]] = {
     "blk.{layer}.ffn_down.weight": ("model.layers.{layer}.mlp.down_proj.weight", None),
     # Precomputed rotary tables some old converters wrote; HF recomputes them.
     "blk.{layer}.attn_rot_embd": (None, None),
+    # Llama 3.x rope factors: read into the config's llama3 rope_scaling by config_from_gguf.
+    "rope_freqs.weight": (None, None),
 }
 
-GGUF_NAMES = GGUFNames(config=config_from_gguf, tensors=GGUF_TENSORS)
+# Our tensors -> llama.cpp's (LlamaModel.modify_tensors): q/k rows permuted for llama.cpp's
+# adjacent-pair rotary, fused qkv / gate_up split back into separate tensors.
+ATTENTION_OUT: dict[str, Out] = {
+    "embed.word.weight": out("token_embd.weight"),
+    "final_norm.weight": out("output_norm.weight"),
+    "head.proj.weight": out("output.weight"),
+    "layers.{layer}.norm_attn.weight": out("blk.{layer}.attn_norm.weight"),
+    "layers.{layer}.attn.qkv.weight": split(
+        ("blk.{layer}.attn_q.weight", "blk.{layer}.attn_k.weight", "blk.{layer}.attn_v.weight"),
+        qkv_sizes, fns=(permute_q_out, permute_k_out, None)),
+    "layers.{layer}.attn.qkv.bias": split(
+        ("blk.{layer}.attn_q.bias", "blk.{layer}.attn_k.bias", "blk.{layer}.attn_v.bias"),
+        qkv_sizes, fns=(permute_q_out, permute_k_out, None)),
+    "layers.{layer}.attn.out.weight": out("blk.{layer}.attn_output.weight"),
+    "layers.{layer}.attn.out.bias": out("blk.{layer}.attn_output.bias"),
+    "layers.{layer}.norm_mlp.weight": out("blk.{layer}.ffn_norm.weight"),
+}
+GGUF_OUT: dict[str, Out] = {
+    **ATTENTION_OUT,
+    "layers.{layer}.mlp.gate_up.weight": split(("blk.{layer}.ffn_gate.weight", "blk.{layer}.ffn_up.weight"),
+                                               gate_up_sizes),
+    "layers.{layer}.mlp.gate_up.bias": split(("blk.{layer}.ffn_gate.bias", "blk.{layer}.ffn_up.bias"),
+                                             gate_up_sizes),
+    "layers.{layer}.mlp.down.weight": out("blk.{layer}.ffn_down.weight"),
+    "layers.{layer}.mlp.down.bias": out("blk.{layer}.ffn_down.bias"),
+}
+
+
+def rope_freqs_out(cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    """llama3 rope scaling as llama.cpp stores it: a `rope_freqs.weight` tensor (no metadata)."""
+    scaling = cfg.rope_scaling or {}
+    if scaling.get("rope_type", scaling.get("type")) == "llama3":
+        yield "rope_freqs.weight", torch.from_numpy(llama3_rope_factors(scaling, cfg.rope_theta, cfg.head_dim))
+
+
+def export_llama(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    yield from rope_freqs_out(cfg)
+    yield from export_tensors(GGUF_OUT, cfg, state)
+
+
+GGUF_NAMES = GGUFNames(config=config_from_gguf, tensors=GGUF_TENSORS, metadata=decoder_meta, export=export_llama)
 
 
 class Llama(Family):

@@ -7,7 +7,9 @@ and `{expert}`, and a target is
 - `Part(dest, index, sizes)`: this tensor is piece `index` of a fused tensor (q/k/v -> qkv,
   gate/up -> gate_up), pieces concatenated along `dim`, `sizes(cfg)` giving every piece's width;
 - `Transform(dest, to_ours, to_hf)`: same tensor, different layout (NeoX interleaved qkv);
-- None: the tensor is dropped (e.g. HF's rotary inv_freq buffers).
+- None: the tensor is dropped (e.g. HF's rotary inv_freq buffers);
+- `LoadOnly(target)`: read like `target`, never written on export: an alias for a layout that only
+  another source has (llama.cpp's stacked expert tensors, which HF stores one expert at a time).
 A pattern with `{expert}` whose destination lacks it is stacked over experts into [E, ...]
 first. Export reads the same table backwards, so there is one source of truth per family.
 """
@@ -42,7 +44,12 @@ class Transform:
     to_hf: TensorFn
 
 
-Target = str | Part | Transform | None
+@dataclass(frozen=True)
+class LoadOnly:
+    target: str | Part | Transform
+
+
+Target = str | Part | Transform | LoadOnly | None
 WeightMap = dict[str, Target]
 
 _PLACEHOLDER = re.compile(r"\{(layer|expert)\}")
@@ -58,6 +65,10 @@ def _regex(pattern: str) -> re.Pattern:
     return re.compile("".join(out) + "$")
 
 
+def _unwrap(target: Target) -> str | Part | Transform | None:
+    return target.target if isinstance(target, LoadOnly) else target
+
+
 def _dest(target: Target) -> str | None:
     return target if isinstance(target, str) or target is None else target.dest
 
@@ -66,8 +77,9 @@ class CompiledMap:
     """A WeightMap with its regexes built once, usable in both directions."""
 
     def __init__(self, weight_map: WeightMap) -> None:
-        self.entries = [(p, _regex(p), t) for p, t in weight_map.items()]
-        self.exact = {p: t for p, t in weight_map.items() if not _PLACEHOLDER.search(p)}
+        self.entries = [(p, _regex(p), _unwrap(t)) for p, t in weight_map.items()]
+        self.exact = {p: _unwrap(t) for p, t in weight_map.items() if not _PLACEHOLDER.search(p)}
+        self.export_entries = [e for e, t in zip(self.entries, weight_map.values()) if not isinstance(t, LoadOnly)]
 
     def match_hf(self, name: str) -> tuple[str, Target, dict[str, str]] | None:
         if name in self.exact:
@@ -127,7 +139,7 @@ class CompiledMap:
     def to_hf(self, state: dict[str, torch.Tensor], cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
         """Inverse of to_ours: yields (hf_name, tensor). Raises listing our tensors with no entry."""
         dest_rx = []
-        for pattern, _, target in self.entries:
+        for pattern, _, target in self.export_entries:
             dest = _dest(target)
             if dest is not None:
                 dest_rx.append((_regex(dest), pattern, target))

@@ -35,7 +35,7 @@ import gguf
 import numpy as np
 import tokenizers
 import torch
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 
 from ..errors import CheckpointError
 from ..families import family_for_gguf, gguf_architectures
@@ -131,6 +131,13 @@ class _Metadata:
 
     def tensor_shape(self, name: str) -> tuple[int, ...] | None:
         return _tensor_dims(self.reader, name)
+
+    def tensor_values(self, name: str) -> np.ndarray | None:
+        for t in self.reader.tensors:
+            if t.name == name:
+                w = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+                return np.asarray(w, dtype=np.float32).reshape(-1)
+        return None
 
 
 def _arch(reader: gguf.GGUFReader) -> str:
@@ -300,18 +307,18 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 # Split regexes for `tokenizer.ggml.pre` names whose rule is one regex before byte-level BPE
 # (llama.cpp llama-vocab.cpp; the same strings transformers' GGUF converter uses).
-_LLAMA3_SPLIT = (
+LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_QWEN2_SPLIT = (
+QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _PRE_SPLITS = {
     **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx", "pixtral"),
-                    _LLAMA3_SPLIT),
-    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez"), _QWEN2_SPLIT),
+                    LLAMA3_SPLIT),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez"), QWEN2_SPLIT),
 }
 # llama.cpp splits off every digit first, then applies GPT-2's regex, for these names. The HF
 # tokenizer.json of these models says the same: Digits(individual_digits=True) + ByteLevel.
@@ -331,7 +338,7 @@ def _byte_level_pre_tokenizer(pre: str | None, mode: str) -> Any:
             pre_tokenizers.Digits(individual_digits=True),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
         ])
-    if pre not in (None, "default", "gpt2") and pre not in _DIGITS_THEN_GPT2:
+    if pre not in (None, "default", "gpt2", "gpt-2") and pre not in _DIGITS_THEN_GPT2:
         logger.warning("GGUF pre-tokenizer %r is not known here; splitting text with GPT-2's regex", pre)
     return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
 
@@ -349,12 +356,55 @@ def _merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[st
     return [(a, b) for a, b, _ in merges]
 
 
+def _wordpiece_tokenizer(reader: Any, name: str, tokens: list[str], types: list[int], tok: Any) -> Tokenizer:
+    """llama.cpp's "bert" (WPM) vocabulary as HF's BertTokenizerFast pipeline.
+
+    llama.cpp spells a word-initial piece with a leading U+2581 and a continuation without the
+    `##` (convert_hf_to_gguf.py BertModel.set_vocab); control tokens keep their text. Its WPM
+    tokenizer lowercases and strips accents; a vocabulary with A-Z in its pieces (a cased BERT)
+    is kept cased here, as its own tokenizer.json would say.
+    """
+    vocab: dict[str, int] = {}
+    for i, (t, ty) in enumerate(zip(tokens, types)):
+        piece = t if ty in (TOKEN_CONTROL, TOKEN_UNUSED) else (t[1:] if t.startswith("\u2581") else "##" + t)
+        vocab.setdefault(piece, i)
+    unk = tok("unknown_token_id") or "[UNK]"
+    backend = tokenizers.Tokenizer(models.WordPiece(vocab=vocab, unk_token=unk, continuing_subword_prefix="##",
+                                                    max_input_chars_per_word=100))
+    # ASCII capitals only: uncased vocabularies hold symbols such as U+211D that str.isupper() calls upper
+    cased = any("A" <= c <= "Z" for t, ty in zip(tokens, types) if ty == TOKEN_NORMAL for c in t)
+    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                    strip_accents=None, lowercase=not cased)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    control = [AddedToken(t, normalized=False, special=True)
+               for t, ty in zip(tokens, types) if ty == TOKEN_CONTROL]
+    if control:
+        backend.add_special_tokens(control)
+    cls = tok("cls_token_id") or tok("bos_token_id")
+    sep = tok("seperator_token_id") or tok("eos_token_id")
+    if cls is not None and sep is not None:  # [CLS] A [SEP] (B [SEP]), token types 0 then 1
+        backend.post_processor = processors.BertProcessing((sep, vocab[sep]), (cls, vocab[cls]))
+    arch = _value(reader, "general.architecture")
+    ctx = _value(reader, f"{arch}.context_length") if arch else None
+    return Tokenizer(
+        backend,
+        special_tokens={"cls_token": cls, "sep_token": sep, "unk_token": tok("unknown_token_id"),
+                        "pad_token": tok("padding_token_id"), "mask_token": tok("mask_token_id")},
+        chat_template=_value(reader, "tokenizer.chat_template"),
+        model_max_length=int(ctx) if ctx is not None else None,
+        returns_token_type_ids=True,
+        source=name,
+    )
+
+
 def read_gguf_tokenizer(path: GGUFSource, *,
                         pre_tokenizer: Literal["llama.cpp", "transformers"] = "llama.cpp") -> Tokenizer:
     """The tokenizer a GGUF file describes, as a swisslm Tokenizer.
 
-    Built from `tokenizer.ggml.*`: model "gpt2" (byte-level BPE) or "llama" (sentencepiece-style
-    BPE with byte fallback); tokens, merges (or scores), token types, bos/eos/unk/pad ids,
+    Built from `tokenizer.ggml.*`: model "gpt2" (byte-level BPE), "llama" (sentencepiece-style
+    BPE with byte fallback) or "bert" (WordPiece,
+    `_wordpiece_tokenizer`); tokens, merges (or scores), token types, bos/eos/unk/pad ids,
     add_bos/add_eos flags and `tokenizer.chat_template`. Control tokens become special added
     tokens and user-defined ones plain added tokens, as in llama.cpp and transformers.
 
@@ -418,8 +468,10 @@ def read_gguf_tokenizer(path: GGUFSource, *,
         # Older files lack the flag; llama.cpp adds BOS for sentencepiece vocabularies by default.
         add_bos = bool(_value(reader, "tokenizer.ggml.add_bos_token", True))
         control_ok = lambda t: True  # noqa: E731
+    elif kind == "bert":
+        return _wordpiece_tokenizer(reader, name, tokens, types, tok)
     else:
-        raise CheckpointError(f"{name}: GGUF tokenizer model {kind!r} is not supported (gpt2, llama)")
+        raise CheckpointError(f"{name}: GGUF tokenizer model {kind!r} is not supported (gpt2, llama, bert)")
 
     control = [AddedToken(t, normalized=False, special=True)
                for t, ty in zip(tokens, types) if ty == TOKEN_CONTROL and control_ok(t)]

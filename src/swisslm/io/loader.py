@@ -103,7 +103,9 @@ def open_checkpoint(
             if len(t.shape) >= 2:
                 types[t.tensor_type.name] += int(t.shape.prod())
         fmt = SourceFormat("gguf", dict(types))
-        return read_gguf_config(reader), iter_gguf_tensors(reader), read_gguf_tokenizer(reader), fmt
+        # a GGUF without a vocabulary (llama.cpp loads those too) has no tokenizer, like a bare HF folder
+        tokenizer = read_gguf_tokenizer(reader) if "tokenizer.ggml.model" in reader.fields else None
+        return read_gguf_config(reader), iter_gguf_tensors(reader), tokenizer, fmt
     hf = read_hf_config(p)
     tokenizer = None
     if (p / "tokenizer.json").exists():
