@@ -12,9 +12,9 @@ free carries a dummy token that attends only to itself and is never read.
 
 Batched prefill is ragged: each row's chunk is left-padded to the longest one, so every row's
 last prompt token sits in the last column (one logit row each). Positions are per token, and a
-row's query at position p sees only its cache slots <= p, so the pads -- written at slots past
-the row's prompt, which its own later tokens overwrite before anything reads them -- are never
-seen. Rows that are not neighbours in the cache go through `KVCache.rows` (writes scattered to
+row's query at position p sees only its cache slots <= p, so the pads -- all written at the
+slot just past the row's chunk, which its own next token overwrites before anything reads it --
+are never seen. Rows that are not neighbours in the cache go through `KVCache.rows` (writes scattered to
 their rows, reads gathered once per forward).
 
 Prefix cache (prefix_cache.py): before a row's first prefill, the longest run of full prompt
@@ -463,20 +463,20 @@ class Engine:
     def _prefill(self, group: list[tuple[Sequence, int]]) -> None:
         """The next chunk of several prompts in one forward, left-padded to the longest (at least
         2 columns: one-token steps take the fused kernels, which a gathered cache cannot serve).
-        Row r's pads sit at slots after its chunk, which no real query of it can see and which its
-        own next tokens overwrite. A prompt whose last chunk this is gets its first token."""
+        Row r's pads all write the slot after its chunk, which no real query of it can see and
+        which its own next token overwrites (several writes to one slot: any one may land, all
+        are discarded). A prompt whose last chunk this is gets its first token."""
         group = sorted(group, key=lambda x: x[0].row)
         T = max(2, max(n for _, n in group))
         R = len(group)
         tokens = torch.zeros(R, T, dtype=torch.long)
         pos = torch.empty(R, T, dtype=torch.long)
-        need = max(s.prefilled + T for s, _ in group)
-        slots = self._slots(need)
+        slots = self._slots(max(s.prefilled + n for s, n in group) + 1)  # chunks and their pad slot
         for i, (s, n) in enumerate(group):
             start, end = s.prefilled, s.prefilled + n
             tokens[i, T - n:] = torch.tensor(s.prompt_ids[start:end])
             pos[i, T - n:] = torch.arange(start, end)
-            pos[i, :T - n] = torch.arange(end, end + T - n).clamp(max=slots - 1)
+            pos[i, :T - n] = end  # all of a row's pads write one slot: no page is touched for them
         rows = [s.row for s, _ in group]
         if rows == list(range(rows[0], rows[0] + R)):
             self._bind(rows[0], R, slots)
