@@ -217,3 +217,22 @@ def test_memory_summary_names_the_kv_size(lm):
     assert f"{per_token:,} bytes per token" in line
     assert f"{4 * 200 * per_token / 2**20:,.1f} MiB" in line
     assert "prefix cache: 256 blocks of 8 tokens" in line  # 1 MiB / 4 KiB blocks
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc/self/status")
+def test_kv_cache_commits_memory_only_where_written():
+    """A 256 MiB cache costs (almost) nothing until written, then what is written: serve sizes
+    its cache for max_batch x max_model_len without holding that much memory."""
+
+    def rss_mib() -> float:
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("VmRSS:")).split()[1]) / 1024
+
+    before = rss_mib()
+    c = KVCache(16, 4, 8192, 64, torch.float32, "cpu")  # 2 x 128 MiB
+    assert c.nbytes == 256 << 20
+    assert torch.count_nonzero(c.k[:, :, ::512]) == 0  # zero-filled
+    assert rss_mib() - before < 32
+    c.k[:, :, :1024] = 1.0  # an eighth of k: 16 MiB
+    grown = rss_mib() - before
+    assert 12 < grown < 48
