@@ -23,15 +23,17 @@ import mmap
 import torch
 from torch import nn
 
+_LAZY_MIN_BYTES = 1 << 20
+
 
 def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
     """A zero tensor whose CPU pages are committed only when first written (an anonymous
     mmap, which the kernel zero-fills on first touch); elsewhere torch.zeros."""
     dev = torch.device(device if device is not None else "cpu")
     n = math.prod(shape)
-    if dev.type != "cpu" or n == 0:
-        return torch.zeros(shape, dtype=dtype, device=dev)
     nbytes = n * torch.empty((), dtype=dtype).element_size()
+    if dev.type != "cpu" or nbytes < _LAZY_MIN_BYTES:  # a small buffer gains nothing from a map of its own
+        return torch.zeros(shape, dtype=dtype, device=dev)
     buf = mmap.mmap(-1, nbytes)  # frombuffer keeps a reference: the map lives as long as the tensor
     return torch.frombuffer(buf, dtype=dtype, count=n).view(shape)
 
