@@ -36,7 +36,7 @@ def register(sub) -> None:
                    help="prompt tokens prefilled per engine step (bounds the stall a long prompt causes)")
     p.add_argument("--no-prefix-cache", action="store_true",
                    help="recompute every prompt (by default requests sharing a prompt prefix reuse its KV)")
-    p.add_argument("--prefix-cache-mb", type=int, default=128,
+    p.add_argument("--prefix-cache-mb", type=int, default=64,
                    help="memory for cached prompt-prefix KV blocks, least recently used evicted first")
     p.add_argument("--prefix-block", type=int, default=16, help="prefix cache block size in tokens")
     p.add_argument("--lora", action="append", default=[], metavar="NAME=PATH",

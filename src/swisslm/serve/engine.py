@@ -165,7 +165,7 @@ class Engine:
 
     def __init__(self, model: Any, max_batch: int = 16, max_model_len: int | None = None,
                  max_queue: int = 256, metrics: Metrics | None = None, prefill_chunk: int = 512,
-                 prefix_cache_bytes: int = 128 << 20, prefix_block: int = 16) -> None:
+                 prefix_cache_bytes: int = 64 << 20, prefix_block: int = 16) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_queue < 1:
