@@ -89,21 +89,24 @@ def test_adapters_and_base_share_a_batch(tok, adapter_dirs, references):
         assert s.output_ids == references[a][PROMPTS.index(p)], (p, a)
 
 
-def test_multi_lora_linear_mixed_rows_equal_each_adapter(tok, adapter_dirs):
-    """The per-row gather + bmm equals running each row with its adapter alone (and the base)."""
+@pytest.mark.parametrize("mode", ["bmm", "grouped"])
+def test_multi_lora_linear_mixed_rows_equal_each_adapter(tok, adapter_dirs, mode):
+    """Mixed rows (gather + bmm, or grouped by adapter) equal each row with its adapter alone,
+    and a base row equals the base linear."""
     lm = tiny_lm(tok)
     deltas = {}
     for name, folder in adapter_dirs.items():
         lora = load_adapter(lm, folder, name="tmp")
         deltas[name] = lora_deltas(lora)
         lm.del_mixin("tmp")
-    multi = MultiLoRAMixin(deltas)
+    multi = MultiLoRAMixin(deltas, mode=mode)
     lm.add_mixin("multi", multi)
     lin = lm.layers[0].attn.qkv
     assert isinstance(lin, MultiLoRALinear)
     x = torch.randn(3, 5, lin.in_features)
     with torch.no_grad():
         multi.set_rows([1, 0, 2])
+        assert multi._state.grouped == (mode == "grouped")
         mixed = lin(x)
         alone = []
         for i, idx in enumerate([1, 0, 2]):

@@ -614,11 +614,14 @@ def lora_deltas(lora: LoRAMixin) -> dict[str, tuple[torch.Tensor, torch.Tensor]]
 class _RowAdapters:
     """Which adapter each row of the next forwards uses (shared by every MultiLoRALinear).
     `index` None: every row runs the base model (no LoRA work at all); `uniform` >= 1: every row
-    runs that one adapter (plain matmuls, no gather)."""
+    runs that one adapter (plain matmuls, no gather); `groups`: (adapter, its rows) for the
+    grouped path."""
 
     def __init__(self) -> None:
         self.index: torch.Tensor | None = None
         self.uniform: int | None = None
+        self.groups: list[tuple[int, torch.Tensor]] = []
+        self.grouped = False
 
 
 class MultiLoRALinear(nn.Module):
@@ -627,7 +630,9 @@ class MultiLoRALinear(nn.Module):
     `lora_a` (N + 1, R, in) and `lora_b` (N + 1, out, R) stack the adapters (rank padded with
     zeros to the largest R; entry 0 is all zeros = the base model); a batch with mixed adapters
     gathers each row's pair and runs two batched matmuls (punica's BGMV, S-LoRA), so rows with
-    different adapters share one forward."""
+    different adapters share one forward. On the CPU the rows are grouped by adapter instead
+    (two small matmuls per adapter in the batch, added into the rows): the gather would copy
+    every row's A and B on every linear of every step, more memory traffic than the matmuls."""
 
     def __init__(self, base: nn.Module, a: torch.Tensor, b: torch.Tensor, rows: _RowAdapters) -> None:
         super().__init__()
@@ -657,6 +662,11 @@ class MultiLoRALinear(nn.Module):
         xa = x.to(self.lora_a.dtype)
         if rows.uniform is not None:
             d = F.linear(F.linear(xa, self.lora_a[rows.uniform]), self.lora_b[rows.uniform])
+        elif rows.grouped:
+            for k, idx in rows.groups:
+                dk = F.linear(F.linear(xa.index_select(0, idx), self.lora_a[k]), self.lora_b[k])
+                y = y.index_add(0, idx, dk.to(y.dtype))
+            return y
         else:
             B = x.shape[0]
             if rows.index.numel() != B:
@@ -682,10 +692,14 @@ class MultiLoRAMixin(Mixin):
     zeros there. Single-adapter LoRAMixin training and merging are untouched by this mode.
     """
 
-    def __init__(self, adapters: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> None:
+    def __init__(self, adapters: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]],
+                 mode: str = "auto") -> None:
         super().__init__()
         if not adapters:
             raise ValueError("MultiLoRAMixin needs at least one adapter")
+        if mode not in ("auto", "bmm", "grouped"):
+            raise ValueError(f"multi-LoRA mode must be 'auto', 'bmm' or 'grouped', got {mode!r}")
+        self.mode = mode  # auto: grouped by adapter on the CPU, gather + bmm elsewhere
         self.names: list[str] = list(adapters)
         self._adapters = adapters
         self._state = _RowAdapters()
@@ -702,8 +716,11 @@ class MultiLoRAMixin(Mixin):
             return
         first = index[0]
         st.uniform = first if all(i == first for i in index) else None
-        device = next(iter(self._installed))[2].lora_a.device if self._installed else None
+        device = self._installed[0][2].lora_a.device if self._installed else torch.device("cpu")
         st.index = torch.tensor(list(index), dtype=torch.long, device=device)
+        st.grouped = self.mode == "grouped" or (self.mode == "auto" and device.type == "cpu")
+        if st.grouped and st.uniform is None:
+            st.groups = [(k, (st.index == k).nonzero().flatten()) for k in sorted(set(index)) if k]
 
     def attach(self, model: nn.Module) -> None:
         modules = sorted({m for d in self._adapters.values() for m in d})
@@ -739,6 +756,7 @@ class MultiLoRAMixin(Mixin):
             setattr(parent, attr, wrapped.base)
         self._installed = []
         self._state.index = self._state.uniform = None
+        self._state.groups = []
 
     def extra_repr(self) -> str:
         return f"adapters={self.names}, {len(self._installed)} adapted linears"
