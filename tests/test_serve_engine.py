@@ -291,7 +291,10 @@ def test_cli_serve_end_to_end(tok, tmp_path):
             raise
     # uvicorn shuts down gracefully, then re-raises the captured SIGTERM so supervisors see it.
     assert rc in (0, -signal.SIGTERM)
-    assert b"Traceback" not in proc.stderr.read()
+    err = proc.stderr.read().decode()
+    assert "Traceback" not in err
+    # the KV cache's sizing is printed at start-up (rows x tokens x layers x heads x dims, bytes)
+    assert "KV cache: 2 rows x 128 tokens x 2 layers x 2 kv heads x 16 dims x 2 (K, V), float32" in err
 
 
 def _row_cases(tok, lm):

@@ -586,3 +586,177 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
 
 def lora_mixins(model: nn.Module) -> list[tuple[str, LoRAMixin]]:
     return [(n, m) for n, m in getattr(model, "mixins", {}).items() if isinstance(m, LoRAMixin)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-adapter serving: several frozen adapters, one per batch row (punica / S-LoRA style)
+# ----------------------------------------------------------------------------------------------
+
+
+def lora_deltas(lora: LoRAMixin) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """An installed LoRAMixin as {our module path: (A (R, in), B (out, R))} with the scaling
+    folded into B and untargeted output rows of a fused linear left zero, so the adapter's
+    delta on that linear is exactly B @ (A @ x). Stacked-expert adapters have no per-row form
+    here and are refused."""
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for site, slices, ad in lora.adapters():
+        if not isinstance(ad, LoRALinear):
+            raise ValueError(f"multi-adapter LoRA serves linear adapters only, not the expert adapter on "
+                             f"{site.module}.{site.param}")
+        r = ad.r
+        b = ad.lora_b.new_zeros(ad.out_features, len(slices) * r)
+        for i, ((start, size), bi) in enumerate(zip(ad.spans, ad.lora_b.split([s for _, s in ad.spans]))):
+            b[start:start + size, i * r:(i + 1) * r] = bi * ad.scaling
+        out[site.module] = (ad.lora_a.detach().clone(), b)
+    return out
+
+
+class _RowAdapters:
+    """Which adapter each row of the next forwards uses (shared by every MultiLoRALinear).
+    `index` None: every row runs the base model (no LoRA work at all); `uniform` >= 1: every row
+    runs that one adapter (plain matmuls, no gather); `groups`: (adapter, its rows) for the
+    grouped path."""
+
+    def __init__(self) -> None:
+        self.index: torch.Tensor | None = None
+        self.uniform: int | None = None
+        self.groups: list[tuple[int, torch.Tensor]] = []
+        self.grouped = False
+
+
+class MultiLoRALinear(nn.Module):
+    """base(x) + B[i_b] A[i_b] x_b for each row b, with i_b the row's adapter (0: none).
+
+    `lora_a` (N + 1, R, in) and `lora_b` (N + 1, out, R) stack the adapters (rank padded with
+    zeros to the largest R; entry 0 is all zeros = the base model); a batch with mixed adapters
+    gathers each row's pair and runs two batched matmuls (punica's BGMV, S-LoRA), so rows with
+    different adapters share one forward. On the CPU the rows are grouped by adapter instead
+    (two small matmuls per adapter in the batch, added into the rows): the gather would copy
+    every row's A and B on every linear of every step, more memory traffic than the matmuls."""
+
+    def __init__(self, base: nn.Module, a: torch.Tensor, b: torch.Tensor, rows: _RowAdapters) -> None:
+        super().__init__()
+        self.base = base
+        self.in_features: int = base.in_features
+        self.out_features: int = base.out_features
+        self.register_buffer("lora_a", a, persistent=False)
+        self.register_buffer("lora_b", b, persistent=False)
+        self._rows = rows
+        self.register_state_dict_post_hook(_strip_base_prefix)
+        self.register_load_state_dict_pre_hook(_add_base_prefix)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            base = self._modules.get("base")
+            if base is None:
+                raise
+            return getattr(base, name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        rows = self._rows
+        if rows.index is None:
+            return y
+        xa = x.to(self.lora_a.dtype)
+        if rows.uniform is not None:
+            d = F.linear(F.linear(xa, self.lora_a[rows.uniform]), self.lora_b[rows.uniform])
+        elif rows.grouped:
+            for k, idx in rows.groups:
+                dk = F.linear(F.linear(xa.index_select(0, idx), self.lora_a[k]), self.lora_b[k])
+                y = y.index_add(0, idx, dk.to(y.dtype))
+            return y
+        else:
+            B = x.shape[0]
+            if rows.index.numel() != B:
+                raise ValueError(f"multi-LoRA: {rows.index.numel()} row adapters for a batch of {B}")
+            a = self.lora_a.index_select(0, rows.index)  # (B, R, in)
+            b = self.lora_b.index_select(0, rows.index)  # (B, out, R)
+            u = torch.bmm(xa.reshape(B, -1, self.in_features), a.transpose(1, 2))  # (B, T, R)
+            d = torch.bmm(u, b.transpose(1, 2)).reshape(y.shape)  # (B, T, out)
+        return y + d.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        n, r, _ = self.lora_a.shape
+        return f"in={self.in_features}, out={self.out_features}, adapters={n - 1}, rank<={r}"
+
+
+class MultiLoRAMixin(Mixin):
+    """Serve several LoRA adapters on one base at once: `set_rows([i_0, i_1, ...])` before a
+    forward names each batch row's adapter (`index_of(name)`; 0 = the base model).
+
+    `adapters` maps a name to `lora_deltas(...)` of that adapter (frozen weights; read them from
+    PEFT folders with finetune.peft_format.load_adapter, then lora_deltas, then del_mixin).
+    Every linear any adapter targets is wrapped once; an adapter that does not target it has
+    zeros there. Single-adapter LoRAMixin training and merging are untouched by this mode.
+    """
+
+    def __init__(self, adapters: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]],
+                 mode: str = "auto") -> None:
+        super().__init__()
+        if not adapters:
+            raise ValueError("MultiLoRAMixin needs at least one adapter")
+        if mode not in ("auto", "bmm", "grouped"):
+            raise ValueError(f"multi-LoRA mode must be 'auto', 'bmm' or 'grouped', got {mode!r}")
+        self.mode = mode  # auto: grouped by adapter on the CPU, gather + bmm elsewhere
+        self.names: list[str] = list(adapters)
+        self._adapters = adapters
+        self._state = _RowAdapters()
+        self._installed: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, attr, original)
+
+    def index_of(self, name: str) -> int:
+        return self.names.index(name) + 1
+
+    def set_rows(self, index: Sequence[int] | None) -> None:
+        """Each row's adapter index for the next forwards (None or all zeros: the base model)."""
+        st = self._state
+        if index is None or not any(index):
+            st.index = st.uniform = None
+            return
+        first = index[0]
+        st.uniform = first if all(i == first for i in index) else None
+        device = self._installed[0][2].lora_a.device if self._installed else torch.device("cpu")
+        st.index = torch.tensor(list(index), dtype=torch.long, device=device)
+        st.grouped = self.mode == "grouped" or (self.mode == "auto" and device.type == "cpu")
+        if st.grouped and st.uniform is None:
+            st.groups = [(k, (st.index == k).nonzero().flatten()) for k in sorted(set(index)) if k]
+
+    def attach(self, model: nn.Module) -> None:
+        modules = sorted({m for d in self._adapters.values() for m in d})
+        try:
+            for path in modules:
+                parent_name, _, attr = path.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                original = getattr(parent, attr)
+                if isinstance(original, (LoRALinear, MultiLoRALinear)):
+                    raise ValueError(f"{path} already has a LoRA adapter")
+                w = _weight_like(original)
+                pairs = [self._adapters[n].get(path) for n in self.names]
+                R = max(p[0].shape[0] for p in pairs if p is not None)
+                a = w.new_zeros(len(pairs) + 1, R, original.in_features)
+                b = w.new_zeros(len(pairs) + 1, original.out_features, R)
+                for i, p in enumerate(pairs, start=1):
+                    if p is not None:
+                        if p[0].shape[1] != original.in_features or p[1].shape[0] != original.out_features:
+                            raise ValueError(f"adapter {self.names[i - 1]!r}: {path} shapes "
+                                             f"{tuple(p[0].shape)}, {tuple(p[1].shape)} do not fit the model")
+                        a[i, : p[0].shape[0]] = p[0].to(a)
+                        b[i, :, : p[1].shape[1]] = p[1].to(b)
+                wrapped = MultiLoRALinear(original, a, b, self._state)
+                setattr(parent, attr, wrapped)
+                self._installed.append((parent, attr, wrapped))
+        except Exception:
+            self.detach(model)
+            raise
+        self._adapters = {}  # the stacks hold the weights now
+
+    def detach(self, model: nn.Module) -> None:
+        for parent, attr, wrapped in reversed(self._installed):
+            setattr(parent, attr, wrapped.base)
+        self._installed = []
+        self._state.index = self._state.uniform = None
+        self._state.groups = []
+
+    def extra_repr(self) -> str:
+        return f"adapters={self.names}, {len(self._installed)} adapted linears"

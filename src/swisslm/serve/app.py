@@ -94,6 +94,7 @@ def create_app(
     max_tokens: int = 4096,
     max_body_bytes: int = 1 << 20,
     prefill_chunk: int = 512,
+    engine_options: dict[str, Any] | None = None,
 ) -> FastAPI:
     """Build the app and start its engine thread (stopped when the app shuts down, or by
     `app.state.shutdown()`)."""
@@ -104,7 +105,7 @@ def create_app(
     engine: Engine | None = None
     if model.config.lm_head:
         engine = Engine(model, max_batch=max_batch, max_model_len=max_model_len, max_queue=max_queue,
-                        metrics=metrics, prefill_chunk=prefill_chunk)
+                        metrics=metrics, prefill_chunk=prefill_chunk, **(engine_options or {}))
         engine.start()
     context_len = engine.max_model_len if engine else min(max_model_len or 1 << 30,
                                                           model.config.max_position_embeddings)
@@ -222,10 +223,15 @@ class _Server:
         return self.tok.decode([token_id], skip_special_tokens=False)
 
     # -- checks ---------------------------------------------------------------------------------
-    def check_model(self, name: str | None) -> None:
+    def check_model(self, name: str | None) -> str | None:
+        """The LoRA adapter a request's `model` names (None: the base model); 404 for others."""
+        adapter = self.engine.resolve_model(name) if self.engine is not None else None
+        if adapter is not None:
+            return adapter
         if name is not None and name != self.settings.model_name:
             raise APIError(404, f"the model '{name[:200]}' does not exist; this server serves "
                            f"'{self.settings.model_name}'", "not_found_error", "model_not_found", "model")
+        return None
 
     def require_engine(self, endpoint: str) -> Engine:
         if self.engine is None:
@@ -286,7 +292,8 @@ class _Server:
             seed=None if seed is None else seed % 2**64, stop=stop, ignore_eos=req.ignore_eos, logprobs=logprobs)
 
     # -- running sequences ----------------------------------------------------------------------
-    def start(self, jobs: list[tuple[list[int], SamplingParams]]) -> tuple[list[Sequence], asyncio.Queue]:
+    def start(self, jobs: list[tuple[list[int], SamplingParams]],
+              adapter: str | None = None) -> tuple[list[Sequence], asyncio.Queue]:
         engine = self.engine
         assert engine is not None
         if len(jobs) > engine.max_queue:
@@ -294,8 +301,8 @@ class _Server:
                            f"{engine.max_queue}", param="n")
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-        seqs = [Sequence(ids, p, partial(_deliver, loop, q, i), self.tok, engine.eos_ids, engine.device)
-                for i, (ids, p) in enumerate(jobs)]
+        seqs = [Sequence(ids, p, partial(_deliver, loop, q, i), self.tok, engine.eos_ids, engine.device,
+                         adapter=adapter) for i, (ids, p) in enumerate(jobs)]
         try:
             engine.submit(seqs)
         except QueueFullError as e:
@@ -440,16 +447,17 @@ def _routes(app: FastAPI, srv: _Server) -> None:
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
-        return ModelList(data=[ModelCard(id=settings.model_name, created=srv.created, max_model_len=srv.context_len)])
+        names = [settings.model_name] + (srv.engine.adapters if srv.engine is not None else [])
+        return ModelList(data=[ModelCard(id=n, created=srv.created, max_model_len=srv.context_len) for n in names])
 
     @app.get("/v1/models/{model_id}", response_model=ModelCard, responses=ERROR_RESPONSES)
     async def model_card(model_id: str) -> ModelCard:
-        srv.check_model(model_id)
-        return ModelCard(id=settings.model_name, created=srv.created, max_model_len=srv.context_len)
+        adapter = srv.check_model(model_id)
+        return ModelCard(id=adapter or settings.model_name, created=srv.created, max_model_len=srv.context_len)
 
     @app.post("/v1/completions", response_model=CompletionResponse, responses=STREAM_RESPONSES)
     async def completions(req: CompletionRequest, request: Request) -> Any:
-        srv.check_model(req.model)
+        adapter = srv.check_model(req.model)
         srv.require_engine("/v1/completions")
         if req.suffix:
             raise APIError(400, "suffix is not supported", param="suffix")
@@ -462,8 +470,8 @@ def _routes(app: FastAPI, srv: _Server) -> None:
         for ids, _ in prompts:
             budget = srv.budget(len(ids), req.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, "max_tokens")
             jobs += [(ids, srv.params(req, budget, j, req.logprobs)) for j in range(req.n)]
-        seqs, q = srv.start(jobs)
-        rid, created, name = f"cmpl-{uuid.uuid4().hex}", _now(), settings.model_name
+        seqs, q = srv.start(jobs, adapter)
+        rid, created, name = f"cmpl-{uuid.uuid4().hex}", _now(), adapter or settings.model_name
         prompt_tokens = sum(len(ids) for ids, _ in prompts)
         if req.stream:
             return StreamingResponse(_stream_completion(srv, req, seqs, q, rid, created, name, prompt_tokens),
@@ -484,7 +492,7 @@ def _routes(app: FastAPI, srv: _Server) -> None:
 
     @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=STREAM_RESPONSES)
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
-        srv.check_model(req.model)
+        adapter = srv.check_model(req.model)
         srv.require_engine("/v1/chat/completions")
         ids = srv.chat_ids(req)
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
@@ -493,8 +501,8 @@ def _routes(app: FastAPI, srv: _Server) -> None:
         top = (req.top_logprobs or 0) if req.logprobs else None
         if req.top_logprobs and not req.logprobs:
             raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
-        seqs, q = srv.start([(ids, srv.params(req, budget, j, top)) for j in range(req.n)])
-        rid, created, name = f"chatcmpl-{uuid.uuid4().hex}", _now(), settings.model_name
+        seqs, q = srv.start([(ids, srv.params(req, budget, j, top)) for j in range(req.n)], adapter)
+        rid, created, name = f"chatcmpl-{uuid.uuid4().hex}", _now(), adapter or settings.model_name
         if req.stream:
             return StreamingResponse(_stream_chat(srv, req, seqs, q, rid, created, name, len(ids)),
                                      media_type="text/event-stream", headers=_SSE_HEADERS)

@@ -4,12 +4,28 @@
     waiting (bounded deque) --admit--> rows of the running batch --finish/cancel--> free rows
 
 Each step the engine (1) drops cancelled sequences, (2) admits waiting sequences into free rows,
-prefilling each prompt alone (batch 1) into its row of the shared cache, at most
-`prefill_chunk` prompt tokens per step (chunked prefill), and (3) runs ONE model
-forward for every running row: tokens (B, 1), per-row cache positions input_pos (B, 1) and an
-attention mask (B, S) that lets row b see only slots 0..pos_b. Rows therefore join and leave at
-token granularity; a row that is free carries a dummy token that attends only to itself and is
-never read.
+(3) prefills the prompts of new rows -- several in ONE forward, at most `prefill_chunk` prompt
+tokens per step (chunked prefill) -- and (4) runs ONE model forward for every running row:
+tokens (B, 1), per-row cache positions input_pos (B, 1) and an attention mask (B, S) that lets
+row b see only slots 0..pos_b. Rows therefore join and leave at token granularity; a row that is
+free carries a dummy token that attends only to itself and is never read.
+
+Batched prefill is ragged: each row's chunk is left-padded to the longest one, so every row's
+last prompt token sits in the last column (one logit row each). Positions are per token, and a
+row's query at position p sees only its cache slots <= p, so the pads -- all written at the
+slot just past the row's chunk, which its own next token overwrites before anything reads it --
+are never seen. Rows that are not neighbours in the cache go through `KVCache.rows` (writes scattered to
+their rows, reads gathered once per forward).
+
+Prefix cache (prefix_cache.py): before a row's first prefill, the longest run of full prompt
+blocks already cached (same tokens from the start, same adapter) is copied into its row and only
+the rest is prefilled; its own blocks are cached when its prefill (and later its whole sequence)
+is done. A row whose next block another row is computing right now waits for it instead of
+computing it too, so a system prompt shared by many simultaneous requests is prefilled once.
+
+Multi-LoRA: with a MultiLoRAMixin on the model (mixins/lora.py), each sequence names an adapter
+(or the base) and every forward tells the mixin which adapter each of its rows uses, so rows with
+different adapters share one batch.
 
 Two views keep the step cheap without touching core/: the forward runs on rows [0, n) only
 (rows are handed out lowest-first, so n tracks the live batch), and on cache slots [0, L) only,
@@ -42,9 +58,12 @@ from ..generation.logprobs import token_logprobs
 from ..generation.params import SamplingParams
 from ..generation.rows import RowDecoder, resolve_eos
 from ..generation.sampling import choose_tokens, make_generator, row_scores
+from ..mixins.lora import MultiLoRAMixin, lora_deltas
 from .metrics import Metrics
+from .prefix_cache import PrefixCache, block_hashes
 
-__all__ = ["Engine", "EngineStoppedError", "QueueFullError", "SamplingParams", "Sequence", "TokenEvent"]
+__all__ = ["Engine", "EngineStoppedError", "QueueFullError", "SamplingParams", "Sequence", "TokenEvent",
+           "install_adapters"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +97,25 @@ class Sequence:
     """One generation stream (a request with n choices is n sequences)."""
 
     def __init__(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[TokenEvent], None],
-                 tokenizer: Any, eos_ids: list[int], device: torch.device | str = "cpu") -> None:
+                 tokenizer: Any, eos_ids: list[int], device: torch.device | str = "cpu",
+                 adapter: str | None = None) -> None:
         if params.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
         self.prompt_ids = list(prompt_ids)
+        self.adapter = adapter  # a LoRA adapter's name (Engine.resolve_model), None: the base model
+        self.adapter_index = 0  # its row in the multi-LoRA stacks (0: none), set by submit()
         self.params = params
         self.sink = sink
         self.decoder = RowDecoder(params, tokenizer, eos_ids)
         self.row = -1
         self.pos = 0  # cache slot the next fed token is written at
         self.prefilled = 0  # prompt tokens already in the cache (chunked prefill)
+        self.cached = 0  # prompt tokens copied from the prefix cache instead of computed
+        self.started = False  # prefix cache looked up, prefill begun
+        self.hashes: list[bytes] = []  # the prompt's full-block names (prefix cache)
+        self.stored = 0  # leading prompt blocks known to be in the prefix cache
         self.cancelled = False
         self.finished = False
         self.arrival = time.perf_counter()
@@ -105,17 +133,47 @@ class Sequence:
         self.cancelled = True
 
 
+def install_adapters(model: Any, adapters: dict[str, str]) -> MultiLoRAMixin:
+    """Read PEFT LoRA folders ({name: folder}) and install them on `model` as one
+    MultiLoRAMixin ("multi_lora"), each selectable per sequence by its name. Each folder goes
+    through finetune.peft_format.load_adapter (the one PEFT reader), is turned into per-row
+    form and taken off again; CheckpointError / ValueError name the folder at fault."""
+    from ..finetune.peft_format import load_adapter
+
+    deltas = {}
+    for name, folder in adapters.items():
+        tmp = "_serve_adapter"
+        lora = load_adapter(model, folder, name=tmp)
+        try:
+            deltas[name] = lora_deltas(lora)
+        except ValueError as e:
+            raise ValueError(f"{folder}: {e}") from None
+        finally:
+            model.del_mixin(tmp)
+    multi = MultiLoRAMixin(deltas)
+    model.add_mixin("multi_lora", multi)
+    return multi
+
+
 class Engine:
-    """Owns `model` (a causal LM with `.tokenizer`) and serves sequences from one thread."""
+    """Owns `model` (a causal LM with `.tokenizer`) and serves sequences from one thread.
+
+    prefix_cache_bytes: memory budget of the prefix cache (0 turns it off); prefix_block: its
+    block size in tokens. A MultiLoRAMixin on the model makes its adapters selectable per
+    sequence (`Sequence(adapter=...)`, `resolve_model`).
+    """
 
     def __init__(self, model: Any, max_batch: int = 16, max_model_len: int | None = None,
-                 max_queue: int = 256, metrics: Metrics | None = None, prefill_chunk: int = 512) -> None:
+                 max_queue: int = 256, metrics: Metrics | None = None, prefill_chunk: int = 512,
+                 prefix_cache_bytes: int = 64 << 20, prefix_block: int = 16) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         if not model.config.lm_head:
             raise ValueError("the continuous-batching engine needs a causal LM (this model has no LM head)")
+        if prefix_cache_bytes < 0 or prefix_block < 1:
+            raise ValueError(f"prefix cache: budget {prefix_cache_bytes} must be >= 0 and block {prefix_block} >= 1")
         self.model = model
         self.tokenizer = model.tokenizer
         limit = model.config.max_position_embeddings
@@ -127,6 +185,10 @@ class Engine:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
+        self.prefix_cache_bytes = prefix_cache_bytes
+        self.prefix_block = prefix_block
+        self.prefix_cache: PrefixCache | None = None
+        self.lora = next((m for m in getattr(model, "mixins", {}).values() if isinstance(m, MultiLoRAMixin)), None)
         self.metrics = metrics or Metrics()
         self.eos_ids = resolve_eos(self.tokenizer, model.config)
         self.vocab_size = model.config.vocab_size
@@ -137,14 +199,22 @@ class Engine:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._full_caches: list[KVCache] = []
-        self._views: dict[tuple[int, int], list[KVCache]] = {}
+        self._views: dict[tuple[int, int, int], list[KVCache]] = {}
+        self._pending: dict[bytes, Sequence] = {}  # prompt blocks a prefilling row is computing
         self.steps = 0  # decode forwards run (tests and the benchmark read it)
+        self.prefill_forwards = 0  # prefill forwards run (several prompts may share one)
+        self.prefill_tokens = 0  # prompt tokens computed (not copied from the prefix cache)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is not None:
             return
         self._full_caches = self.model.setup_cache(self.max_batch, self.max_model_len)
+        if self.prefix_cache_bytes and self.prefix_cache is None:
+            self.prefix_cache = PrefixCache(self._full_caches, self.prefix_block, self.prefix_cache_bytes)
+        elif self.prefix_cache is not None:
+            self.prefix_cache.caches = self._full_caches
+            self.prefix_cache.clear()  # its blocks came from other buffers (or another model state)
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="swisslm-engine", daemon=True)
         self._thread.start()
@@ -164,9 +234,46 @@ class Engine:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def memory_summary(self) -> str:
+        """The KV cache's size and shape (and the prefix cache's), for the start-up line."""
+        cfg = self.model.config
+        caches = self._full_caches
+        dtype = caches[0].k.dtype if caches else next(self.model.parameters()).dtype
+        per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * dtype.itemsize
+        total = per_token * self.max_batch * self.max_model_len
+        line = (f"KV cache: {self.max_batch} rows x {self.max_model_len} tokens x {cfg.num_layers} layers x "
+                f"{cfg.num_kv_heads} kv heads x {cfg.head_dim} dims x 2 (K, V), {str(dtype).removeprefix('torch.')}"
+                f" = {_mib(total)} at most ({per_token:,} bytes per token; committed as rows fill)")
+        pc = self.prefix_cache
+        if pc is not None:
+            line += (f"; prefix cache: {pc.capacity} blocks of {pc.block_size} tokens = {_mib(pc.nbytes)} "
+                     "at most")
+        elif not self.prefix_cache_bytes:
+            line += "; prefix cache off"
+        return line
+
+    # -- adapters ------------------------------------------------------------------------------
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the LoRA adapters this engine serves besides the base model."""
+        return list(self.lora.names) if self.lora is not None else []
+
+    def resolve_model(self, name: str | None) -> str | None:
+        """The adapter a request's `model` field names, or None when it names none (the HTTP
+        layer then serves the base model or answers 404)."""
+        return name if name is not None and self.lora is not None and name in self.lora.names else None
+
     # -- requests ------------------------------------------------------------------------------
     def submit(self, seqs: list[Sequence]) -> None:
         """Queue sequences (all or none). Raises QueueFullError when the bound would be passed."""
+        for s in seqs:
+            if len(s.prompt_ids) >= self.max_model_len:
+                raise ValueError(f"a prompt of {len(s.prompt_ids)} tokens leaves no room in a context of "
+                                 f"{self.max_model_len}")
+            if s.adapter is not None:
+                if self.resolve_model(s.adapter) is None:
+                    raise ValueError(f"unknown adapter {s.adapter!r} (serving: {self.adapters})")
+                s.adapter_index = self.lora.index_of(s.adapter)
         with self._cv:
             if not self.alive or self._stop:
                 raise EngineStoppedError("the engine is not running")
@@ -215,6 +322,7 @@ class Engine:
             pending = [s for s in self._rows if s is not None] + list(self._waiting)
             self._rows = [None] * self.max_batch
             self._waiting.clear()
+            self._pending.clear()
             self._stop = True
         for s in pending:
             self._emit(s, TokenEvent(None, "", finish_reason="abort", error=message))
@@ -228,11 +336,21 @@ class Engine:
         self._admit()
         # Prefill at most `prefill_chunk` prompt tokens per step (at least one chunk), so a long
         # prompt joining the batch delays the running rows' next token by one chunk, not by
-        # its whole length (vLLM's chunked prefill).
+        # its whole length (vLLM's chunked prefill); the prompts of several new rows share it.
         budget = self.prefill_chunk
+        plan: list[tuple[Sequence, int]] = []
         for s in self._rows:
-            if s is not None and s.prefilled < len(s.prompt_ids) and budget > 0:
-                budget -= self._prefill(s, budget)
+            if budget <= 0:
+                break
+            if s is None or s.prefilled >= len(s.prompt_ids):
+                continue
+            if not s.started and not self._begin(s):
+                continue  # waits for a prefix block another row is computing
+            n = min(len(s.prompt_ids) - s.prefilled, budget)
+            plan.append((s, n))
+            budget -= n
+        for group in self._prefill_groups(plan):
+            self._prefill(group)
         active = [(b, s) for b, s in enumerate(self._rows) if s is not None and s.prefilled == len(s.prompt_ids)]
         self.metrics.running.set(self.num_running)
         if active:
@@ -253,6 +371,57 @@ class Engine:
             self._rows[free] = seq
             seq.row = free
 
+    # -- prefix cache --------------------------------------------------------------------------
+    def _begin(self, s: Sequence) -> bool:
+        """Before a row's first prefill: copy its longest cached prefix into the row. False when
+        the block after that prefix is being computed by another row right now (the row waits a
+        step and then copies it, rather than computing it a second time)."""
+        pc = self.prefix_cache
+        if pc is None:
+            s.started = True
+            return True
+        if not s.hashes:
+            s.hashes = block_hashes(s.prompt_ids, pc.block_size, s.adapter)
+        n = pc.match(s.hashes)
+        if n < len(s.hashes) and self._pending.get(s.hashes[n], s) is not s:
+            return False
+        # At least the last prompt token is computed: its logits choose the first new token.
+        hit = min(n * pc.block_size, len(s.prompt_ids) - 1)
+        pc.load(s.hashes, s.row, hit)
+        s.prefilled = s.pos = s.cached = hit
+        s.stored = n
+        s.started = True
+        for h in s.hashes[n:]:
+            self._pending.setdefault(h, s)
+        return True
+
+    def _store(self, s: Sequence, tokens: list[int] | None = None) -> None:
+        """Cache the full blocks of the row's prompt that its cache slots now hold (`tokens`:
+        the whole sequence fed so far, when it finishes)."""
+        pc = self.prefix_cache
+        if pc is None or not s.started:
+            return
+        if tokens is None:
+            done = min(s.prefilled, len(s.prompt_ids)) // pc.block_size
+            if done > s.stored:
+                pc.store(s.hashes[:done], s.row, first=s.stored)
+                s.stored = done
+            for h in s.hashes[:done]:
+                if self._pending.get(h) is s:
+                    del self._pending[h]
+            return
+        hashes = block_hashes(tokens, pc.block_size, s.adapter)
+        if len(hashes) > s.stored:
+            pc.store(hashes, s.row, first=s.stored)
+
+    def _release(self, s: Sequence) -> None:
+        """A row is done (finished or cancelled): cache what it computed, let waiters go on."""
+        if s.started and s.pos > 0:
+            self._store(s, (s.prompt_ids + s.output_ids)[: s.pos])
+        for h in [h for h, owner in self._pending.items() if owner is s]:
+            del self._pending[h]
+
+    # -- forwards ------------------------------------------------------------------------------
     def _bind(self, start: int, rows: int, slots: int) -> None:
         """Bind every layer to a window (rows x slots) of its full cache (masks follow the slots)."""
         key = (start, rows, slots)
@@ -271,27 +440,73 @@ class Engine:
     def _slots(self, needed: int) -> int:
         return min(self.max_model_len, -(-needed // _WINDOW) * _WINDOW)
 
-    def _prefill(self, seq: Sequence, budget: int) -> int:
-        """Run the next chunk (<= budget tokens) of the prompt alone (batch 1) into its row: the
-        view is rows [b, b+1); earlier chunks are already in the row's cache slots. After the
-        last chunk the first token is sampled. Returns the number of tokens prefilled."""
-        start = seq.prefilled
-        end = min(len(seq.prompt_ids), start + budget)
-        b = seq.row
-        self._bind(b, 1, self._slots(end))
-        ids = torch.tensor([seq.prompt_ids[start:end]], device=self.device)
-        out = self.model(ids, input_pos=torch.arange(start, end, device=self.device), num_logits_to_keep=1)
-        self.metrics.prompt_tokens.inc(end - start)
-        seq.prefilled = seq.pos = end
-        if end == len(seq.prompt_ids):
-            self._sample_and_emit([(0, b, seq)], out.logits[:, -1])
-        return end - start
+    def _set_adapters(self, index: list[int] | None) -> None:
+        if self.lora is not None:
+            self.lora.set_rows(index)
+
+    @staticmethod
+    def _prefill_groups(plan: list[tuple[Sequence, int]]) -> list[list[tuple[Sequence, int]]]:
+        """Split the step's prefill chunks into forwards whose left padding stays under half of
+        the work: longest first, a chunk joins the current forward while rows x its longest
+        chunk <= 2 x the real tokens."""
+        groups: list[list[tuple[Sequence, int]]] = []
+        total = 0
+        for s, n in sorted(plan, key=lambda x: -x[1]):
+            if groups and (len(groups[-1]) + 1) * max(groups[-1][0][1], 2) <= 2 * (total + n):
+                groups[-1].append((s, n))
+                total += n
+            else:
+                groups.append([(s, n)])
+                total = n
+        return groups
+
+    def _prefill(self, group: list[tuple[Sequence, int]]) -> None:
+        """The next chunk of several prompts in one forward, left-padded to the longest (at least
+        2 columns: one-token steps take the fused kernels, which a gathered cache cannot serve).
+        Row r's pads all write the slot after its chunk, which no real query of it can see and
+        which its own next token overwrites (several writes to one slot: any one may land, all
+        are discarded). A prompt whose last chunk this is gets its first token."""
+        group = sorted(group, key=lambda x: x[0].row)
+        T = max(2, max(n for _, n in group))
+        R = len(group)
+        tokens = torch.zeros(R, T, dtype=torch.long)
+        pos = torch.empty(R, T, dtype=torch.long)
+        slots = self._slots(max(s.prefilled + n for s, n in group) + 1)  # chunks and their pad slot
+        for i, (s, n) in enumerate(group):
+            start, end = s.prefilled, s.prefilled + n
+            tokens[i, T - n:] = torch.tensor(s.prompt_ids[start:end])
+            pos[i, T - n:] = torch.arange(start, end)
+            pos[i, :T - n] = end  # all of a row's pads write one slot: no page is touched for them
+        rows = [s.row for s, _ in group]
+        if rows == list(range(rows[0], rows[0] + R)):
+            self._bind(rows[0], R, slots)
+        else:
+            index = torch.tensor(rows, device=self.device)
+            self.model.bind_cache([c.rows(index, slots) for c in self._full_caches])
+        self._set_adapters([s.adapter_index for s, _ in group])
+        try:
+            out = self.model(tokens.to(self.device), input_pos=pos.to(self.device), num_logits_to_keep=1)
+        finally:
+            self._set_adapters(None)
+        real = sum(n for _, n in group)
+        self.prefill_forwards += 1
+        self.prefill_tokens += real
+        self.metrics.prompt_tokens.inc(real)
+        done = []
+        for i, (s, n) in enumerate(group):
+            s.prefilled = s.pos = s.prefilled + n
+            self._store(s)
+            if s.prefilled == len(s.prompt_ids):
+                done.append((i, s.row, s))
+        if done:
+            self._sample_and_emit(done, out.logits[:, -1])
 
     def _decode(self, active: list[tuple[int, Sequence]]) -> None:
         rows = active[-1][0] + 1
         pos = torch.zeros(rows, 1, dtype=torch.long)
         tokens = torch.zeros(rows, 1, dtype=torch.long)
         live = torch.zeros(rows, 1, dtype=torch.bool)
+        adapters = [0] * rows
         for b in range(rows):  # a row still mid-prefill gets its dummy write at the slot its next
             s = self._rows[b]  # chunk overwrites first, so its prompt's K/V stay intact
             if s is not None:
@@ -300,13 +515,18 @@ class Engine:
             pos[b, 0] = s.pos
             tokens[b, 0] = s.output_ids[-1]
             live[b, 0] = True
+            adapters[b] = s.adapter_index
         slots = self._slots(int(pos.max()) + 1)
         self._bind(0, rows, slots)
         # Row b sees slots 0..pos_b; a free row sees nothing (the backbone lets every query see
         # its own slot, so its softmax stays finite) and its output is never read.
         mask = (torch.arange(slots)[None, :] <= pos) & live  # (rows, slots)
         pos, tokens, mask = pos.to(self.device), tokens.to(self.device), mask.to(self.device)
-        logits = self.model(tokens, attention_mask=mask, input_pos=pos, num_logits_to_keep=1).logits[:, -1]
+        self._set_adapters(adapters)
+        try:
+            logits = self.model(tokens, attention_mask=mask, input_pos=pos, num_logits_to_keep=1).logits[:, -1]
+        finally:
+            self._set_adapters(None)
         self.steps += 1
         self.metrics.batch_size.observe(len(active))
         for _, s in active:
@@ -356,6 +576,7 @@ class Engine:
             s.last_token_time = now
             if row.finish_reason is not None:
                 self._rows[b] = None
+                self._release(s)
                 self._finish(s)
             self._emit(s, ev)
 
@@ -363,6 +584,7 @@ class Engine:
         s = self._rows[b]
         self._rows[b] = None
         if s is not None:
+            self._release(s)
             self._finish(s)
             self._emit(s, TokenEvent(None, "", finish_reason=reason))
 
@@ -376,3 +598,7 @@ class Engine:
             s.sink(ev)
         except Exception:  # the client's loop may be gone (shutdown): nothing left to tell it
             logger.debug("dropping an event for a closed client", exc_info=True)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
