@@ -127,7 +127,7 @@ _GENERATE_IGNORED = frozenset({"use_cache", "synced_gpus", "cache_implementation
                                "output_attentions", "output_hidden_states", "output_scores", "output_logits",
                                "return_legacy_cache", "token_type_ids"})
 # transformers' generation defaults where swisslm's differ (its GenerationConfig()).
-_HF_DEFAULTS = {"max_length": 20, "top_k": 50, "top_p": 1.0, "temperature": 1.0, "do_sample": False,
+_HF_DEFAULTS = {"top_k": 50, "top_p": 1.0, "temperature": 1.0, "do_sample": False,
                 "num_beams": 1, "num_return_sequences": 1, "repetition_penalty": 1.0}
 
 
@@ -351,23 +351,24 @@ class PreTrainedModel(Model):
             settings.pop(k, None)
         if "stop_strings" in settings:
             settings["stop"] = settings.pop("stop_strings")
-        known = set(_HF_DEFAULTS) | _GENERATE_MAPPED | {"max_new_tokens", "min_length", "eos_token_id",
-                                                          "pad_token_id"}
+        known = set(_HF_DEFAULTS) | _GENERATE_MAPPED | {"max_new_tokens", "max_length", "min_length",
+                                                          "eos_token_id", "pad_token_id"}
         unknown = sorted(set(settings) - known)
         if unknown:
             raise TypeError(f"generate() does not support {unknown}: swisslm would ignore them and generate "
                             "something else")
         s = {**_HF_DEFAULTS, **settings}
         T = ids.shape[1]
-        if s.get("max_new_tokens") is not None:
+        max_length = s.pop("max_length", None)
+        if s.get("max_new_tokens") is not None:  # wins over max_length, as in transformers
             new = int(s.pop("max_new_tokens"))
-            s.pop("max_length")
-        else:
-            max_length = int(s.pop("max_length"))
-            if max_length <= T:
+        elif max_length is not None:
+            if int(max_length) <= T:
                 raise ValueError(f"Input length of input_ids is {T}, but `max_length` is set to {max_length}: "
                                  "set `max_new_tokens` or a larger `max_length`")
-            new = max_length - T
+            new = int(max_length) - T
+        else:  # transformers: 20 new tokens, within the model's positions
+            new = max(1, min(20, self.config.max_position_embeddings - T))
         min_length = s.pop("min_length", None)
         if min_length is not None and "min_new_tokens" not in s:
             s["min_new_tokens"] = max(0, int(min_length) - T)
