@@ -35,6 +35,7 @@ from ..io.build import build_on_meta, materialize_buffers
 from ..io.errors import CheckpointError
 from ..io.loader import read_hf_config
 from ..io.safetensors_io import safetensors_files
+from .model import PreTrainedModel, adopt
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,8 @@ def load_dispatched(src: Path, dtype: torch.dtype, device_map: Any, max_memory: 
         stacked = "expert" in groups and "{expert}" not in dest
         ours[k] = dest.format(layer=groups.get("layer")) if stacked else dest.format(**groups)
     cfg = family.config_from_weights(cfg, set(ours.values()))
-    model = build_on_meta(cfg, Model)
+    # built as the transformers-surface class: accelerate's hooks capture the class's forward
+    model = build_on_meta(cfg, PreTrainedModel)
     model.to(dtype)
     dmap = plan_device_map(model, device_map, max_memory, dtype)
     devices = set(dmap.values())
@@ -256,6 +258,7 @@ def _fixed_mmap_threshold(nbytes: int = 256 * 1024) -> None:
 def dispatch_loaded(model: Model, device_map: Any, max_memory: dict | None, offload_folder: Any,
                     offload_buffers: bool = False) -> Model:
     """Dispatch a model already in memory (a .gguf load): accelerate writes the offload files."""
+    adopt(model)  # before the hooks: they capture the class's forward
     dtype = model._float_dtype()
     dmap = plan_device_map(model, device_map, max_memory, dtype)
     if "disk" in dmap.values() and offload_folder is None:

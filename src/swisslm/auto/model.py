@@ -446,7 +446,7 @@ def adopt(model: Model, source: str | Path | None = None) -> PreTrainedModel:
     model.__class__ = PreTrainedModel
     model.config.__class__ = HFModelConfig
     _drop_pooler_hook(model)
-    gen: dict[str, Any] = {}
+    gen: dict[str, Any] = dict(model.hf_generation or {})
     if source is not None and Path(source).is_dir():
         gen, other = read_hf_generation_config(source)
         if other:
