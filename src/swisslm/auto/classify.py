@@ -61,10 +61,10 @@ class SequenceClassifier(nn.Module):
 
 def load_sequence_classifier(path: str | os.PathLike[str], kwargs: dict[str, Any]) -> SequenceClassifier:
     from ..finetune.classify import CONFIG_FILE, load_classifier
-    from . import _check_load_kwargs
+    from .loading import check_load_kwargs
     from .model import adopt
 
-    _check_load_kwargs("AutoModelForSequenceClassification", kwargs)
+    check_load_kwargs("AutoModelForSequenceClassification", kwargs)
     run = Path(path)
     if not (run / CONFIG_FILE).is_file():
         raise ValueError(f"{run}: AutoModelForSequenceClassification loads a `swisslm classify` output folder "

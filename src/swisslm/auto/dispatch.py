@@ -229,8 +229,8 @@ def dispatch(model: Model, dmap: dict[str, Any], main: torch.device, offload_fol
     if "disk" in devices:
         _fixed_mmap_threshold()
     # accelerate compares main_device with the string "cpu"
-    dispatch_model(model, dmap, main_device="cpu" if main.type == "cpu" else main, offload_dir=offload_folder, offload_index=index,
-                   offload_buffers=offload_buffers)
+    dispatch_model(model, dmap, main_device="cpu" if main.type == "cpu" else main, offload_dir=offload_folder,
+                   offload_index=index, offload_buffers=offload_buffers)
     model.fused_layers = None
     model.main_device = main
     model.hf_device_map = dict(dmap)

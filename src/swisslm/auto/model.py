@@ -323,6 +323,10 @@ class PreTrainedModel(Model):
         from the checkpoint's generation_config.json, then `generation_config` (a dict or
         transformers' GenerationConfig), then the keywords. Returns (B * num_return_sequences,
         T + n) ids, finished rows padded with pad_token_id (else EOS)."""
+        if kwargs.get("sampling") is not None:  # swisslm's own call (the CLI, the server): Model.generate
+            if generation_config is not None or streamer is not None:
+                raise TypeError("sampling= is swisslm's generate: pass no generation_config or streamer with it")
+            return Model.generate(self, inputs if inputs is not None else kwargs.pop("input_ids"), **kwargs)
         input_ids = kwargs.pop("input_ids", None)
         attention_mask = kwargs.pop("attention_mask", None)
         if "inputs_embeds" in kwargs:

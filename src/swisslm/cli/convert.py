@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import AutoModel
+    from ..api import AutoModel
 
     dst = Path(args.dst)
     if dst.exists() and (not dst.is_dir() or (any(dst.iterdir()) and not args.force)):
