@@ -436,3 +436,44 @@ def test_auto_tokenizer_batch_equals_transformers(which, side, smol_tokenizer_di
     for k in a:
         assert torch.equal(a[k], b[k]), (k, a[k], b[k])
     assert ours.batch_decode(a["input_ids"]) == theirs.batch_decode(b["input_ids"])
+
+
+# -- sequence classification -----------------------------------------------------------------------
+
+
+def test_sequence_classification_equals_transformers(tmp_path):
+    """A `swisslm classify` run folder with a linear head (transformers' `score`) gives the logits of
+    transformers' LlamaForSequenceClassification with the same weights, and its loss."""
+    from safetensors.torch import save_file
+
+    from swisslm import AutoModelForSequenceClassification
+    from swisslm.mixins.heads import ClassificationHeadMixin
+
+    hf, _ = _pair(tmp_path / "base", "llama")
+    torch.manual_seed(1)
+    head = ClassificationHeadMixin(32, 3, hidden_sizes=(), pooling="last")
+    with torch.no_grad():
+        head.mlp[0].bias.zero_()  # transformers' score has no bias
+    run = tmp_path / "run"
+    run.mkdir()
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(run / "classifier_head.safetensors"))
+    (run / "classifier_config.json").write_text(json.dumps(
+        {"base_model": str(tmp_path / "base"), "head_hidden": 0, "hidden_size": 32, "labels": ["a", "b", "c"],
+         "pooling": "last"}))
+    ours = AutoModelForSequenceClassification.from_pretrained(run)
+    cfg = transformers.LlamaConfig(**{**hf.config.to_dict(), "num_labels": 3, "pad_token_id": 0})
+    theirs = transformers.LlamaForSequenceClassification(cfg).eval()
+    theirs.model.load_state_dict(hf.model.state_dict())
+    with torch.no_grad():
+        theirs.score.weight.copy_(head.mlp[0].weight)
+    ids, mask, _ = _padded_batch()
+    ids = ids.clamp(min=1).masked_fill(mask == 0, 0)  # transformers finds the last token by pad id
+    labels = torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        a = theirs(ids, attention_mask=mask, labels=labels)
+        b = ours(ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(b.logits, a.logits, atol=1e-5, rtol=0)
+    assert abs(a.loss.item() - b.loss.item()) <= 1e-5
+    assert ours.num_labels == 3 and ours.id2label == {0: "a", 1: "b", 2: "c"}
+    with pytest.raises(ValueError, match="classify"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "base")

@@ -53,8 +53,15 @@ _HF_MODULES = (
 
 
 def is_dispatch_map(device_map: Any) -> bool:
-    """Whether `device_map` asks for a placement (a dict or "auto"...) rather than one device."""
-    return isinstance(device_map, dict) or device_map in SIMPLE_MAPS
+    """Whether `device_map` asks for a placement (a dict or "auto"...) rather than one device;
+    such a map needs accelerate (the `offload` extra)."""
+    if not (isinstance(device_map, dict) or device_map in SIMPLE_MAPS):
+        return False
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise ImportError(f"device_map={device_map!r} needs accelerate: pip install 'swisslm[offload]'") from None
+    return True
 
 
 def _our_module_name(name: str, model: torch.nn.Module) -> str:

@@ -7,6 +7,7 @@ api.AutoModel (one device) or dispatch.py (a device_map), then given transformer
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from ..io.tokenizer import Tokenizer
@@ -92,6 +93,9 @@ def load_pretrained(cls_name: str, path: Any, kwargs: dict[str, Any]) -> Any:
     device_map = kwargs.get("device_map")
     device = kwargs.get("device", "cpu")
     backend = kwargs.get("backend", "auto")
+    if device_map == "auto" and kwargs.get("max_memory") is None and kwargs.get("offload_folder") is None \
+            and importlib.util.find_spec("accelerate") is None:
+        device_map = "cuda" if torch.cuda.is_available() else "cpu"  # the cards' "auto", without accelerate
     if device_map is not None and not is_dispatch_map(device_map):
         device = f"cuda:{device_map}" if isinstance(device_map, int) else device_map  # one device for all
         device_map = None
