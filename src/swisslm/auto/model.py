@@ -21,6 +21,7 @@ Differences from transformers, on purpose (docs in README "transformers drop-in"
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from pathlib import Path
@@ -34,6 +35,7 @@ from ..config import ModelConfig
 from ..core.kv_cache import KVCache
 from ..generation.config import GenerationConfig, read_hf_generation_config
 from ..generation.generate import run as run_generation
+from ..generation.params import SamplingParams
 from .outputs import ModelOutput, StaticPast
 
 log = logging.getLogger(__name__)
@@ -71,13 +73,14 @@ class HFModelConfig(ModelConfig):
             raise AttributeError(name)
         if name in _HF_ALIASES:
             return getattr(self, _HF_ALIASES[name])
-        hf = self.to_dict()
+        hf = self.hf_dict()
         if name in hf:
             return hf[name]
         raise AttributeError(f"{type(self).__name__} has no field {name!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        """transformers' config.json of this model (the family's mapping plus unknown keys kept)."""
+    def hf_dict(self) -> dict[str, Any]:
+        """transformers' config.json of this model (the family's mapping plus unknown keys kept);
+        `to_dict()` stays ModelConfig's (swisslm's own fields, what its checkpoints store)."""
         from ..families import get_family
 
         hf = get_family(self.family).config_to_hf(self)
@@ -117,10 +120,12 @@ class HFGenerationConfig:
         return f"GenerationConfig {self._values}"
 
 
-# generate() keywords with transformers' meaning that swisslm maps (besides the named ones).
+# generate() keywords with transformers' meaning that swisslm maps (besides the named ones), and
+# swisslm's own (SamplingParams' fields, logprobs, seeds): Model.generate's keywords keep working.
 _GENERATE_MAPPED = frozenset({
     "min_new_tokens", "min_p", "no_repeat_ngram_size", "length_penalty", "early_stopping", "seed", "stop",
-    "stop_strings", "logprobs", "top_logprobs",
+    "stop_strings", "logprobs", "top_logprobs", "prompt_logprobs",
+    *(f.name for f in dataclasses.fields(SamplingParams)),
 })
 # generate() keywords that change nothing here: accepted with a warning.
 _GENERATE_IGNORED = frozenset({"use_cache", "synced_gpus", "cache_implementation", "low_memory", "tokenizer",
@@ -359,8 +364,8 @@ class PreTrainedModel(Model):
                                                           "eos_token_id", "pad_token_id"}
         unknown = sorted(set(settings) - known)
         if unknown:
-            raise TypeError(f"generate() does not support {unknown}: swisslm would ignore them and generate "
-                            "something else")
+            raise TypeError(f"generate() got unexpected keyword arguments {unknown} (swisslm does not support "
+                            "them; ignoring them would generate something else)")
         s = {**_HF_DEFAULTS, **settings}
         T = ids.shape[1]
         max_length = s.pop("max_length", None)
