@@ -213,7 +213,7 @@ def test_generate_output_is_complete_and_timings_are_reported(smollm2_path):
 def test_package_names_resolve_lazily():
     """`import swisslm` and its torch-free modules load no torch; the public names still work."""
     code = ("import sys, swisslm, swisslm.config, swisslm.io.errors; assert 'torch' not in sys.modules; "
-            "from swisslm import *; import torch; assert AutoModel.__module__ == 'swisslm.api'; "
+            "from swisslm import *; import torch; assert AutoModel.__module__ == 'swisslm.auto'; "
             "assert set(swisslm.__all__) <= set(dir(swisslm)); print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "ok", proc.stderr

@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 # public name -> submodule that defines it
 _EXPORTS = {
-    "AutoModel": ".api",
+    "AutoModel": ".auto",
+    "AutoModelForCausalLM": ".auto",
+    "AutoModelForSequenceClassification": ".auto",
+    "AutoTokenizer": ".auto",
     "Model": ".api",
     "ModelConfig": ".config",
     "ConfigError": ".config",
@@ -22,11 +25,13 @@ _EXPORTS = {
     "CheckpointError": ".io.errors",
 }
 
-__all__ = ["AutoModel", "CheckpointError", "ConfigError", "Mixin", "Model", "ModelConfig", "SlotConflictError"]
+__all__ = ["AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification", "AutoTokenizer",
+           "CheckpointError", "ConfigError", "Mixin", "Model", "ModelConfig", "SlotConflictError"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real names
-    from .api import AutoModel, Model
+    from .api import Model
+    from .auto import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from .config import ConfigError, ModelConfig
     from .core.slots import Mixin, SlotConflictError
     from .io.errors import CheckpointError

@@ -74,7 +74,7 @@ def load_model_from_args(args: argparse.Namespace) -> Any:
     with phase("import torch"):
         import torch
     with phase("import swisslm"):
-        from .. import AutoModel
+        from ..api import AutoModel
 
     set_threads(getattr(args, "threads", None))
     if args.device.startswith("cuda") and not torch.cuda.is_available():

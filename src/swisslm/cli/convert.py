@@ -53,7 +53,7 @@ def _check_args(args: argparse.Namespace) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     to_gguf = _check_args(args)
-    from .. import AutoModel
+    from ..api import AutoModel
 
     dst = Path(args.dst)
     # the two stages (read + dequantize, write) take seconds each on a large model: say which runs

@@ -27,7 +27,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import AutoModel
+    from ..api import AutoModel
     from ..io.embedded import minilm_path
     from ..mixins.pooling import PoolingConfig, cosine_matrix, sentence_embeddings
 

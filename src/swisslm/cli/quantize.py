@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import AutoModel
+    from ..api import AutoModel
     from ..io.quantized import save_quantized
     from ..quant import quantize_
 

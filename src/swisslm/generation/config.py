@@ -140,3 +140,35 @@ class Step:
     top_ids: torch.Tensor | None = None  # (N, k)
     top_logprobs: torch.Tensor | None = None  # (N, k)
     finish_reasons: list[str | None] = field(default_factory=list)  # per row: "stop" / "length" once done
+
+
+# generation_config.json keys that mean the same in swisslm's generate (transformers' names):
+# these defaults are honoured; others in the file are reported by the caller.
+HF_GENERATION_KEYS = frozenset({
+    "max_length", "max_new_tokens", "min_length", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p",
+    "min_p", "repetition_penalty", "no_repeat_ngram_size", "num_beams", "num_return_sequences", "length_penalty",
+    "early_stopping", "eos_token_id", "pad_token_id", "bos_token_id",
+})
+# bookkeeping keys transformers writes into every generation_config.json
+HF_GENERATION_METADATA = frozenset({"transformers_version", "_from_model_config", "use_cache"})
+
+
+def read_hf_generation_config(folder: Any) -> tuple[dict[str, Any], list[str]]:
+    """A checkpoint folder's generation_config.json as (the keys swisslm honours, the other keys
+    it holds), ({}, []) when the folder has none. Values are transformers' meanings
+    (`max_length` counts the prompt, `do_sample` switches sampling on)."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "generation_config.json"
+    if not path.is_file():
+        return {}, []
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    known = {k: v for k, v in data.items() if k in HF_GENERATION_KEYS and v is not None}
+    other = sorted(k for k in data if k not in HF_GENERATION_KEYS and k not in HF_GENERATION_METADATA)
+    return known, other

@@ -8,8 +8,13 @@
     print(tokenizer.batch_decode(out))
 
 A thin layer: the tokenizer is swisslm's `Tokenizer` with transformers' defaults where the two
-differ (decode keeps special tokens, apply_chat_template tokenizes and returns a dict), nothing
-more. `path` is an HF folder, a .gguf file, or None for the embedded default model.
+differ (decode keeps special tokens, apply_chat_template tokenizes and returns a dict); the model
+is swisslm's `Model` with transformers' forward/generate arguments (model.py), placed across
+devices by accelerate when a `device_map` asks for it (dispatch.py). `path` is an HF folder, a
+.gguf file, a hub id in the local HF cache, or None for the embedded default model.
+
+The models' from_pretrained arguments are sorted in loading.py (accepted, no-op, ignored with a
+warning, refused).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import os
 import warnings
 from typing import Any
 
-from .io.tokenizer import Tokenizer
+from ..io.tokenizer import Tokenizer
 
 
 class PreTrainedTokenizer(Tokenizer):
@@ -47,13 +52,13 @@ def _as_transformers_tokenizer(tok: Tokenizer) -> PreTrainedTokenizer:
 def load_tokenizer(path: str | os.PathLike[str] | None) -> Tokenizer:
     """The tokenizer of an HF folder, a .gguf file or a hub id in the local HF cache (None: the
     embedded default model)."""
-    from .io.embedded import default_model_path
-    from .io.errors import CheckpointError
-    from .io.hub import resolve_model
+    from ..io.embedded import default_model_path
+    from ..io.errors import CheckpointError
+    from ..io.hub import resolve_model
 
     src = resolve_model(path) if path is not None else default_model_path()
     if src.is_file() and src.suffix == ".gguf":
-        from .io.gguf import open_gguf, read_gguf_tokenizer
+        from ..io.gguf import open_gguf, read_gguf_tokenizer
 
         return read_gguf_tokenizer(open_gguf(src))
     if src.is_dir():
@@ -82,3 +87,62 @@ class AutoTokenizer:
         if truncation_side is not None:
             tok.truncation_side = truncation_side
         return tok
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+class AutoModelForCausalLM:
+    """transformers' AutoModelForCausalLM: a decoder with its LM head (forward gives .logits,
+    .loss with labels; generate)."""
+
+    @staticmethod
+    def from_pretrained(path: str | os.PathLike[str] | None = None, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            raise TypeError("from_pretrained takes the model path and keyword arguments only")
+        from .loading import load_pretrained
+
+        model = load_pretrained("AutoModelForCausalLM", path, kwargs)
+        if not model.config.lm_head:
+            raise ValueError(f"{path}: this checkpoint has no LM head ({model.config.family} encoder): "
+                             "load it with AutoModel")
+        return model
+
+
+class AutoModel:
+    """transformers' AutoModel: the BERT encoder, or a decoder's base model. forward gives
+    .last_hidden_state (and .hidden_states, .pooler_output for BERT); a decoder's output also has
+    .logits, and the swisslm Model API (generate, stream, score, ...) stays available."""
+
+    @staticmethod
+    def from_pretrained(path: str | os.PathLike[str] | None = None, *args: Any, **kwargs: Any) -> Any:
+        if args:  # swisslm's positional (path, dtype, device, backend)
+            for name, value in zip(("dtype", "device", "backend"), args):
+                kwargs.setdefault(name, value)
+        from .loading import load_pretrained
+
+        return load_pretrained("AutoModel", path, kwargs)
+
+    @staticmethod
+    def from_config(*args: Any, **kwargs: Any) -> Any:
+        """swisslm's random-init model (api.AutoModel.from_config) with transformers' surface."""
+        from .. import api
+        from .model import adopt
+
+        return adopt(api.AutoModel.from_config(*args, **kwargs))
+
+
+class AutoModelForSequenceClassification:
+    """transformers' AutoModelForSequenceClassification over swisslm's classification head
+    (mixins/heads.py): a `swisslm classify` output folder (its head, LoRA adapter and base
+    model), or an HF *ForSequenceClassification folder (the linear `score` head on the last
+    non-padding token, e.g. a `swisslm finetune --trainer reward` model). forward returns
+    .logits (B, num_labels) and, with labels, transformers' loss."""
+
+    @staticmethod
+    def from_pretrained(path: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Any:
+        if args:
+            raise TypeError("from_pretrained takes the model path and keyword arguments only")
+        from .classify import load_sequence_classifier
+
+        return load_sequence_classifier(path, kwargs)
