@@ -457,7 +457,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "compile": args.compile, "load_avg_1min": load_before, "load_avg_rounds": rounds_load,
             "load_avg_after": _load_avg(), "cpu": f"{_cpu_name()}, {os.cpu_count()} CPUs",
             "isa": _isa_flags(), "kernels": _kernels_in_use(),
-            "files": {k: str(v) for k, v in paths.items() if k.startswith("gguf-")},
+            "files": {k: str(v) for k, v in paths.items()
+                      if k.startswith("gguf-") and any(gguf_for(n, paths)[0] == str(v) for n in procs)},
             "rows": table, "skipped": skipped}
 
 
