@@ -634,26 +634,255 @@ static void block_i4_i16(const int16_t *xq, const float *xs, const int32_t *xg, 
     }
 }
 
-// Returns 0, or -1 when the group size is not a multiple of 16 or does not divide K.
+// ---- int4 weights, groups a multiple of 32: each nibble unpacked once per call ------------------
+// The kernel above widens every nibble to int16 again for each pair of activation rows, and it
+// keeps 8 int32 + 8 fp32 accumulators for a pair, more than AVX2's 16 registers: at 8 rows it
+// ran 3-5x slower than int8 (measured), though it streams half the bytes. Here:
+//  - 64 columns of a row are one 32-byte load: as 16 int16 lanes each holds 4 nibbles, so 3
+//    shifts and 3 ands give 4 vectors of 16 weights, vector t lane i = column 4i + t. The
+//    activation rows are permuted once per call to the same order, so no byte shuffles at all.
+//  - With 2+ rows a weight block (4 rows x up to I4_KCH columns) is unpacked once into an int16
+//    buffer that stays in L1 and every activation row pair multiplies from there.
+//  - Per 64 columns the 4 rows' int32 sums fold with two hadd levels into one vector
+//    (low lane half = columns 0-31, high = 32-63, rows 0-3 in each), so group scales and mins
+//    apply in one FMA each per activation row: 2 fp32 accumulators per row pair, no spills.
+// The integer sums are exact, and the fp32 steps for a row are the same whatever rows come with
+// it and whichever path (buffer or registers) produced its sums: batch-invariant.
+
+#define I4_KCH 2048  // columns per unpacked chunk: 4 rows x 2048 int16 = 16 KB of L1
+
+// 64 columns (32 bytes) of one row -> 4 x 16 int16, vector t lane i = column 4i + t. `half`:
+// only 32 columns left (16 bytes; lanes 8-15 zero).
+static inline void unpack_q4x64(const uint8_t *p, int half, __m256i *v0, __m256i *v1, __m256i *v2, __m256i *v3) {
+    const __m256i low = _mm256_set1_epi16(0x000F);
+    const __m256i v = half ? _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_loadu_si128((const __m128i *)p), 0)
+                           : _mm256_loadu_si256((const __m256i *)p);
+    *v0 = _mm256_and_si256(v, low);
+    *v1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    *v2 = _mm256_and_si256(_mm256_srli_epi16(v, 8), low);
+    *v3 = _mm256_srli_epi16(v, 12);
+}
+
+// One 64-column step of one activation row: 4 rows' int32 sums -> f += sums * scales + mins * X
+// (8 lanes: rows 0-3 of the first 32 columns, rows 0-3 of the next 32).
+static inline __m256 i4_fold(__m256i a0, __m256i a1, __m256i a2, __m256i a3, const float *sc8, const float *mn8,
+                             const float *xh8, __m256 f) {
+    const __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+    f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_loadu_ps(sc8), f);
+    return _mm256_fmadd_ps(_mm256_loadu_ps(mn8), _mm256_loadu_ps(xh8), f);
+}
+
+static inline void i4_store(float *y, int64_t N, int64_t m, int64_t n0, int nb, __m256 f, float xs,
+                            const float *bias) {
+    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
+    store_rows(y, N, m, n0, nb, _mm_mul_ps(s, _mm_set1_ps(xs)), NULL, bias);
+}
+
+// Scales or mins of the block's 4 rows for the 32-column halves [h0, h1), lane order of i4_fold:
+// out[(h - h0) * 4 + i] = v[i][(32 h) / gs], 0 past K. With groups of 32 (halves = groups) 8 of
+// them at a time are a 4 x 8 transpose in registers: the scalar loop cost a fifth of the whole
+// kernel's time at one activation row.
+static void i4_halves(const float *const v[NB], int64_t gs, int64_t K, int64_t h0, int64_t h1, float *out) {
+    int64_t h = h0;
+    if (gs == 32) {
+        for (; h + 8 <= h1 && 32 * (h + 8) <= K; h += 8) {
+            const __m256 A = _mm256_loadu_ps(v[0] + h), B = _mm256_loadu_ps(v[1] + h);
+            const __m256 C = _mm256_loadu_ps(v[2] + h), D = _mm256_loadu_ps(v[3] + h);
+            const __m256 t0 = _mm256_unpacklo_ps(A, B), t1 = _mm256_unpackhi_ps(A, B);
+            const __m256 t2 = _mm256_unpacklo_ps(C, D), t3 = _mm256_unpackhi_ps(C, D);
+            const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+            const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+            float *o = out + (h - h0) * NB;
+            _mm256_storeu_ps(o, _mm256_permute2f128_ps(u0, u1, 0x20));
+            _mm256_storeu_ps(o + 8, _mm256_permute2f128_ps(u2, u3, 0x20));
+            _mm256_storeu_ps(o + 16, _mm256_permute2f128_ps(u0, u1, 0x31));
+            _mm256_storeu_ps(o + 24, _mm256_permute2f128_ps(u2, u3, 0x31));
+        }
+    }
+    const int64_t per = gs / 32;  // halves per group (one division per call: they cost ~100x a load here)
+    int64_t g = h / per, left = per - h % per;
+    for (; h < h1; h++) {
+        for (int i = 0; i < NB; i++) out[(h - h0) * NB + i] = 32 * h < K ? v[i][g] : 0.0f;
+        if (--left == 0) {
+            g++;
+            left = per;
+        }
+    }
+}
+
+// The empty asm keeps each accumulator a running sum in its register: without it gcc unrolls
+// the 4 steps, reassociates the integer adds into trees and spills 16 of the products.
+#define I4_MADD4(A0, A1, A2, A3, V, W0, W1, W2, W3)                                                      \
+    A0 = _mm256_add_epi32(A0, _mm256_madd_epi16(W0, V)); A1 = _mm256_add_epi32(A1, _mm256_madd_epi16(W1, V)); \
+    A2 = _mm256_add_epi32(A2, _mm256_madd_epi16(W2, V)); A3 = _mm256_add_epi32(A3, _mm256_madd_epi16(W3, V)); \
+    __asm__("" : "+x"(A0), "+x"(A1), "+x"(A2), "+x"(A3))
+
+// Weight row i's vector t times both rows of a pair: one load (IN_REG: gcc would otherwise fold
+// the load into both multiply-adds, and the loads, not the multiply-adds, set the pace).
+#define I4_MADD_PAIR(A0, A1, i)                                                                    \
+    do {                                                                                          \
+        __m256i w_ = _mm256_load_si256(wv + 4 * (i) + t);                                         \
+        IN_REG(w_);                                                                               \
+        A0 = _mm256_add_epi32(A0, _mm256_madd_epi16(w_, v0));                                     \
+        A1 = _mm256_add_epi32(A1, _mm256_madd_epi16(w_, v1));                                     \
+        __asm__("" : "+x"(A0), "+x"(A1));                                                         \
+    } while (0)
+
+// Rows n0..n0+nb-1 (w at row n0) against M activation rows xp (permuted, Kp = K rounded up to 64
+// columns per row), xh4 (each 32-column sum of xq repeated 4 times, Kp / 8 per row).
+static void block_i4_q64(const int16_t *xp, const float *xs, const float *xh4, const uint8_t *w,
+                         const float *scales, const float *mins, const float *bias, float *y, int64_t M, int64_t K,
+                         int64_t N, int64_t n0, int nb, int64_t gs) {
+    const int64_t G = K / gs, KB = K / 2, Kp = (K + 63) & ~(int64_t)63;
+    const uint8_t *r[NB];
+    const float *sc[NB], *mn[NB];
+    for (int i = 0; i < NB; i++) {
+        const int64_t row = i < nb ? i : nb - 1;
+        r[i] = w + row * KB;
+        sc[i] = scales + row * G;
+        mn[i] = mins + row * G;
+    }
+    const char *pf_base = (const char *)w + PF_BLOCKS * NB * KB;  // the next block: 128 bytes per 64 columns
+    float sc8[I4_KCH / 8], mn8[I4_KCH / 8];
+    if (M == 1) {  // one row: unpack in registers, nothing to share
+        __m256 f = _mm256_setzero_ps();
+        for (int64_t ks = 0; ks < K; ks += I4_KCH) {
+            const int64_t ke = ks + I4_KCH < K ? ks + I4_KCH : K, nblk = (ke - ks + 63) / 64;
+            i4_halves(sc, gs, K, ks / 32, ks / 32 + 2 * nblk, sc8);
+            i4_halves(mn, gs, K, ks / 32, ks / 32 + 2 * nblk, mn8);
+            for (int64_t b = 0; b < nblk; b++) {
+                const int64_t col = ks + 64 * b;
+                const int half = K - col < 64;
+                PREFETCH(pf_base + col * 2);
+                PREFETCH(pf_base + col * 2 + 64);
+                const int16_t *xv = xp + col;
+                __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+                for (int i = 0; i < NB; i++) {
+                    __m256i w0, w1, w2, w3;
+                    unpack_q4x64(r[i] + col / 2, half, &w0, &w1, &w2, &w3);
+                    __m256i s = _mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i *)xv));
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i *)(xv + 16))));
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(w2, _mm256_loadu_si256((const __m256i *)(xv + 32))));
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(w3, _mm256_loadu_si256((const __m256i *)(xv + 48))));
+                    if (i == 0) a0 = s; else if (i == 1) a1 = s; else if (i == 2) a2 = s; else a3 = s;
+                }
+                f = i4_fold(a0, a1, a2, a3, sc8 + 8 * b, mn8 + 8 * b, xh4 + col / 8, f);
+            }
+        }
+        i4_store(y, N, 0, n0, nb, f, xs[0], bias);
+        return;
+    }
+    int16_t wb[NB * I4_KCH] __attribute__((aligned(32)));
+    float facc[M * 8];  // each row's fp32 accumulator between chunks
+    memset(facc, 0, sizeof(facc));
+    for (int64_t ks = 0; ks < K; ks += I4_KCH) {
+        const int64_t ke = ks + I4_KCH < K ? ks + I4_KCH : K, nblk = (ke - ks + 63) / 64;
+        i4_halves(sc, gs, K, ks / 32, ks / 32 + 2 * nblk, sc8);
+        i4_halves(mn, gs, K, ks / 32, ks / 32 + 2 * nblk, mn8);
+        for (int64_t b = 0; b < nblk; b++) {  // unpack the chunk once: wb[b][i][t][16]
+            const int64_t col = ks + 64 * b;
+            const int half = K - col < 64;
+            PREFETCH(pf_base + col * 2);
+            PREFETCH(pf_base + col * 2 + 64);
+            for (int i = 0; i < NB; i++) {
+                __m256i *o = (__m256i *)(wb + (b * NB + i) * 64);
+                unpack_q4x64(r[i] + col / 2, half, o, o + 1, o + 2, o + 3);
+            }
+        }
+        int64_t m = 0;
+        for (; m + 2 <= M; m += 2) {
+            __m256 f0 = _mm256_loadu_ps(facc + m * 8), f1 = _mm256_loadu_ps(facc + (m + 1) * 8);
+            const int16_t *x0 = xp + m * Kp + ks, *x1 = x0 + Kp;
+            const float *h0 = xh4 + m * (Kp / 8) + ks / 8, *h1 = h0 + Kp / 8;
+            for (int64_t b = 0; b < nblk; b++) {
+                const __m256i *wv = (const __m256i *)(wb + b * NB * 64);
+                __m256i a00 = _mm256_setzero_si256(), a01 = a00, a02 = a00, a03 = a00;
+                __m256i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+                for (int t = 0; t < 4; t++) {
+                    const __m256i v0 = _mm256_loadu_si256((const __m256i *)(x0 + 64 * b + 16 * t));
+                    const __m256i v1 = _mm256_loadu_si256((const __m256i *)(x1 + 64 * b + 16 * t));
+                    I4_MADD_PAIR(a00, a10, 0);
+                    I4_MADD_PAIR(a01, a11, 1);
+                    I4_MADD_PAIR(a02, a12, 2);
+                    I4_MADD_PAIR(a03, a13, 3);
+                }
+                f0 = i4_fold(a00, a01, a02, a03, sc8 + 8 * b, mn8 + 8 * b, h0 + 8 * b, f0);
+                f1 = i4_fold(a10, a11, a12, a13, sc8 + 8 * b, mn8 + 8 * b, h1 + 8 * b, f1);
+            }
+            _mm256_storeu_ps(facc + m * 8, f0);
+            _mm256_storeu_ps(facc + (m + 1) * 8, f1);
+        }
+        for (; m < M; m++) {  // the odd row: same sums from the same buffer, same fp32 steps
+            __m256 f0 = _mm256_loadu_ps(facc + m * 8);
+            const int16_t *x0 = xp + m * Kp + ks;
+            const float *h0 = xh4 + m * (Kp / 8) + ks / 8;
+            for (int64_t b = 0; b < nblk; b++) {
+                const __m256i *wv = (const __m256i *)(wb + b * NB * 64);
+                __m256i a00 = _mm256_setzero_si256(), a01 = a00, a02 = a00, a03 = a00;
+                for (int t = 0; t < 4; t++) {
+                    const __m256i v0 = _mm256_loadu_si256((const __m256i *)(x0 + 64 * b + 16 * t));
+                    I4_MADD4(a00, a01, a02, a03, v0, _mm256_load_si256(wv + t), _mm256_load_si256(wv + 4 + t),
+                             _mm256_load_si256(wv + 8 + t), _mm256_load_si256(wv + 12 + t));
+                }
+                f0 = i4_fold(a00, a01, a02, a03, sc8 + 8 * b, mn8 + 8 * b, h0 + 8 * b, f0);
+            }
+            _mm256_storeu_ps(facc + m * 8, f0);
+        }
+    }
+    for (int64_t m = 0; m < M; m++) i4_store(y, N, m, n0, nb, _mm256_loadu_ps(facc + m * 8), xs[m], bias);
+}
+
+// Returns 0, or -1 when the group size is not a multiple of 16 or does not divide K. Groups that
+// are a multiple of 32 (all that quant makes) take block_i4_q64; others block_i4_i16.
 int swl_linear_i4(const float *x, const uint8_t *w, const float *scales, const float *mins, const float *bias,
                   float *y, int64_t M, int64_t K, int64_t N, int64_t group_size, int nthreads) {
-    if (group_size % 16 || K % group_size) return -1;
+    if (group_size <= 0 || group_size % 16 || K % group_size) return -1;
     const int64_t G = K / group_size;
     int16_t *xq = malloc(sizeof(int16_t) * M * K);
     float *xs = malloc(sizeof(float) * M);
-    int32_t *xg = malloc(sizeof(int32_t) * M * G);
     quantize_rows_i16(x, xq, xs, M, K);
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t g = 0; g < G; g++) {
-            int32_t s = 0;
-            for (int64_t k = g * group_size; k < (g + 1) * group_size; k++) s += xq[m * K + k];
-            xg[m * G + g] = s;
+    if (group_size % 32 == 0) {
+        // Permute each row to the unpacked weights' order (64-column blocks, column 4i + t at
+        // t * 16 + i; a last 32-column block padded with zeros) and sum each 32 columns once.
+        const int64_t Kp = (K + 63) & ~(int64_t)63;
+        int16_t *xp = malloc(sizeof(int16_t) * M * Kp);
+        float *xh4 = malloc(sizeof(float) * M * (Kp / 8));
+        for (int64_t m = 0; m < M; m++) {
+            const int16_t *q = xq + m * K;
+            int16_t *o = xp + m * Kp;
+            int64_t c = 0;
+            for (; c + 64 <= K; c += 64)
+                for (int i = 0; i < 16; i++)
+                    for (int t = 0; t < 4; t++) o[c + 16 * t + i] = q[c + 4 * i + t];
+            if (c < K) {  // a last 32 columns: lanes 8-15 of each vector stay zero
+                memset(o + c, 0, 64 * sizeof(int16_t));
+                for (int i = 0; i < 8; i++)
+                    for (int t = 0; t < 4; t++) o[c + 16 * t + i] = q[c + 4 * i + t];
+            }
+            for (int64_t h = 0; h < Kp / 32; h++) {
+                int32_t s = 0;
+                for (int64_t k = 32 * h; k < 32 * h + 32 && k < K; k++) s += q[k];
+                for (int i = 0; i < NB; i++) xh4[m * (Kp / 8) + h * NB + i] = (float)s;
+            }
         }
-    PARALLEL_ROW_BLOCKS(block_i4_i16(xq, xs, xg, w + n0 * (K / 2), scales + n0 * G, mins + n0 * G, bias, y, M, K, N,
-                                     n0, nb, group_size))
+        PARALLEL_ROW_BLOCKS(block_i4_q64(xp, xs, xh4, w + n0 * (K / 2), scales + n0 * G, mins + n0 * G, bias, y, M,
+                                         K, N, n0, nb, group_size))
+        free(xp);
+        free(xh4);
+    } else {
+        int32_t *xg = malloc(sizeof(int32_t) * M * G);
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t g = 0; g < G; g++) {
+                int32_t s = 0;
+                for (int64_t k = g * group_size; k < (g + 1) * group_size; k++) s += xq[m * K + k];
+                xg[m * G + g] = s;
+            }
+        PARALLEL_ROW_BLOCKS(block_i4_i16(xq, xs, xg, w + n0 * (K / 2), scales + n0 * G, mins + n0 * G, bias, y, M,
+                                         K, N, n0, nb, group_size))
+        free(xg);
+    }
     free(xq);
     free(xs);
-    free(xg);
     return 0;
 }
 
