@@ -43,8 +43,8 @@ from ..families.gguf_names import GGUFNames, gguf_permute_qk, gguf_unpermute_qk
 from .gguf_header import FastGGUF
 from .tokenizer import Tokenizer
 
-__all__ = ["gguf_permute_qk", "gguf_unpermute_qk", "iter_gguf_tensors", "open_gguf", "read_gguf_config",
-           "read_gguf_metadata", "read_gguf_tokenizer"]
+__all__ = ["gguf_permute_qk", "gguf_tensor_types", "gguf_unpermute_qk", "iter_gguf_blocks", "iter_gguf_tensors",
+           "open_gguf", "read_gguf_config", "read_gguf_metadata", "read_gguf_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -450,3 +450,76 @@ def read_gguf_tokenizer(path: GGUFSource, *,
         model_max_length=int(ctx) if ctx is not None else None,
         source=name,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Tensors kept quantized
+# ----------------------------------------------------------------------------------------------
+
+
+def _read_raw(reader: gguf.GGUFReader | FastGGUF, t: Any) -> np.ndarray:
+    """A tensor's bytes as a fresh array, read with pread rather than through the memory map: the
+    pages of a mapping count in this process's RSS for as long as the map lives, a read's page
+    cache does not, so a load's peak RSS is the repacked model plus one raw tensor."""
+    view = t.data.view(np.ndarray)
+    base = reader.data.view(np.ndarray)
+    offset = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    out = np.empty(view.shape, dtype=np.uint8 if view.dtype.itemsize == 1 else view.dtype)
+    path = getattr(reader, "path", None) or _name(reader)
+    buf = memoryview(out.reshape(-1).view(np.uint8))
+    with open(path, "rb", buffering=0) as f:
+        got = 0
+        while got < len(buf):
+            n = os.preadv(f.fileno(), [buf[got:]], offset + got)
+            if n <= 0:
+                raise CheckpointError(f"{_name(reader)}: tensor {t.name} runs past the end of the file")
+            got += n
+    return out
+
+
+def iter_gguf_blocks(path: GGUFSource) -> Iterator[tuple[str, Any]]:
+    """Like `iter_gguf_tensors`, but the matrices of a type in `quant.gguf_blocks.NATIVE_TYPES`
+    (Q4_0, Q4_1, Q4_K, Q8_0, Q5_K, Q6_K) come out as `BlockWeight`s, repacked for the int
+    kernels and never expanded; q/k row un-permutations are applied to their rows. Everything
+    else (F32 norms, F16/BF16 matrices, other quant types, 3-D expert stacks, transforms that
+    are not row orders) is dequantized to fp32 as there. Each tensor is read with pread, one at
+    a time (see `_read_raw`)."""
+    from ..quant.gguf_blocks import NATIVE_TYPES, repack, row_permutation
+
+    reader = _open(path)
+    arch, conv = _architecture(reader)
+    config = conv.config(_Metadata(reader), arch)
+    plan, unknown = [], []
+    for t in reader.tensors:
+        entry = conv.hf_name(t.name)
+        if entry is None:
+            unknown.append(t.name)
+        elif entry[0] is not None:
+            plan.append((t, entry[0], entry[1]))
+    if unknown:
+        raise CheckpointError(f"{_name(reader)}: {len(unknown)} GGUF tensor(s) unknown to the {arch!r} map: "
+                              f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}")
+    for t, hf, fn in plan:
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        perm = None
+        native = t.tensor_type in NATIVE_TYPES and len(shape) == 2
+        if native and fn is not None:
+            perm = row_permutation(fn, shape[0], config)
+            native = perm is not None
+        if not native:
+            w = torch.from_numpy(_dequantize(reader, t))
+            yield hf, (fn(w, config) if fn is not None else w)
+            continue
+        bw = repack(_read_raw(reader, t), t.tensor_type, shape)
+        yield hf, (bw.rows(perm) if perm is not None else bw)
+
+
+def gguf_tensor_types(path: GGUFSource) -> dict[str, int]:
+    """{GGUF type name: values} over the file's matrices (2+ dims), for SourceFormat."""
+    from collections import Counter
+
+    types: Counter[str] = Counter()
+    for t in _open(path).tensors:
+        if len(t.shape) >= 2:
+            types[t.tensor_type.name] += int(t.shape.prod())
+    return dict(types)
