@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 PROMPT = ("The history of the printing press begins in the fifteenth century, when a goldsmith in "
           "Mainz")
-PEERS = ("ours-fp32", "ours-int8", "ours-int4", "ct2-int8", "ct2-float32", "hf-fp32-eager")
+PEERS = ("ours-fp32", "ours-int8", "ours-int4", "ours-gguf", "ct2-int8", "ct2-float32", "hf-fp32-eager")
 DEFAULT_PEERS = "ours-fp32,ours-int8,ct2-int8,ct2-float32,hf-fp32-eager"
 
 
@@ -70,8 +70,14 @@ def _prepare(args: argparse.Namespace, peers: list[str]) -> dict[str, Path]:
         import swisslm
 
         log.warning("exporting %s to %s", src or "the embedded model", hf_dir)
-        swisslm.AutoModel.from_pretrained(src).save_pretrained(hf_dir)
+        swisslm.AutoModel.from_pretrained(src, dtype="float32").save_pretrained(hf_dir)
     paths["hf"] = hf_dir
+    if "ours-gguf" in peers:  # the .gguf itself, run quantized as `swisslm generate` does by default
+        from swisslm.io.embedded import default_model_path
+
+        gguf_file = src if src is not None and src.suffix == ".gguf" else default_model_path() if src is None else None
+        if gguf_file is not None:
+            paths["gguf"] = gguf_file
     for scheme in ("int8", "int4"):
         if f"ours-{scheme}" in peers:
             qdir = base / scheme
