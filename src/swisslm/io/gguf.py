@@ -457,23 +457,50 @@ def read_gguf_tokenizer(path: GGUFSource, *,
 # ----------------------------------------------------------------------------------------------
 
 
-def _read_raw(reader: gguf.GGUFReader | FastGGUF, t: Any) -> np.ndarray:
-    """A tensor's bytes as a fresh array, read with pread rather than through the memory map: the
-    pages of a mapping count in this process's RSS for as long as the map lives, a read's page
-    cache does not, so a load's peak RSS is the repacked model plus one raw tensor."""
+# Rows of a block-quantized tensor read and repacked per step: the transient memory of a load is
+# this much raw data plus its repacked form, not a whole tensor's (SmolLM2's Q8_0 embedding is
+# 32 MB raw).
+_CHUNK_BYTES = 4 << 20
+
+
+def _read_rows(f: Any, reader: gguf.GGUFReader | FastGGUF, t: Any, start: int, stop: int) -> np.ndarray:
+    """Rows start..stop of a 2-D block tensor (uint8 [rows, row bytes]) read with pread rather
+    than through the memory map: the pages of a mapping count in this process's RSS for as long
+    as the map lives, a read's page cache does not."""
     view = t.data.view(np.ndarray)
     base = reader.data.view(np.ndarray)
-    offset = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
-    out = np.empty(view.shape, dtype=np.uint8 if view.dtype.itemsize == 1 else view.dtype)
-    path = getattr(reader, "path", None) or _name(reader)
-    buf = memoryview(out.reshape(-1).view(np.uint8))
-    with open(path, "rb", buffering=0) as f:
-        got = 0
-        while got < len(buf):
-            n = os.preadv(f.fileno(), [buf[got:]], offset + got)
-            if n <= 0:
-                raise CheckpointError(f"{_name(reader)}: tensor {t.name} runs past the end of the file")
-            got += n
+    row_bytes = view.shape[-1]
+    offset = view.__array_interface__["data"][0] - base.__array_interface__["data"][0] + start * row_bytes
+    out = np.empty((stop - start, row_bytes), dtype=np.uint8)
+    buf = memoryview(out.reshape(-1))
+    got = 0
+    while got < len(buf):
+        n = os.preadv(f.fileno(), [buf[got:]], offset + got)
+        if n <= 0:
+            raise CheckpointError(f"{_name(reader)}: tensor {t.name} runs past the end of the file")
+        got += n
+    return out
+
+
+def _repack_tensor(f: Any, reader: gguf.GGUFReader | FastGGUF, t: Any, shape: tuple[int, int]) -> Any:
+    """One block tensor -> BlockWeight, read and repacked _CHUNK_BYTES of rows at a time into the
+    final buffers."""
+    from ..quant.gguf_blocks import BlockWeight, repack
+
+    N, K = shape
+    step = max(1, _CHUNK_BYTES // max(1, t.data.shape[-1]))
+    out: BlockWeight | None = None
+    for r0 in range(0, N, step):
+        r1 = min(N, r0 + step)
+        part = repack(_read_rows(f, reader, t, r0, r1), t.tensor_type, (r1 - r0, K))
+        if r0 == 0 and r1 == N:
+            return part
+        if out is None:
+            alloc = lambda x: None if x is None else x.new_empty((N, *x.shape[1:]))  # noqa: E731
+            out = BlockWeight(part.kind, alloc(part.q), alloc(part.scales), alloc(part.mins), part.group, part.source)
+        for dst, src in ((out.q, part.q), (out.scales, part.scales), (out.mins, part.mins)):
+            if dst is not None:
+                dst[r0:r1] = src
     return out
 
 
@@ -484,7 +511,7 @@ def iter_gguf_blocks(path: GGUFSource) -> Iterator[tuple[str, Any]]:
     else (F32 norms, F16/BF16 matrices, other quant types, 3-D expert stacks, transforms that
     are not row orders) is dequantized to fp32 as there. Each tensor is read with pread, one at
     a time (see `_read_raw`)."""
-    from ..quant.gguf_blocks import NATIVE_TYPES, repack, row_permutation
+    from ..quant.gguf_blocks import NATIVE_TYPES, row_permutation
 
     reader = _open(path)
     arch, conv = _architecture(reader)
@@ -499,10 +526,17 @@ def iter_gguf_blocks(path: GGUFSource) -> Iterator[tuple[str, Any]]:
     if unknown:
         raise CheckpointError(f"{_name(reader)}: {len(unknown)} GGUF tensor(s) unknown to the {arch!r} map: "
                               f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}")
+    path_ = getattr(reader, "path", None) or _name(reader)
+    with open(path_, "rb", buffering=0) as f:
+        yield from _iter_blocks(f, reader, plan, config, NATIVE_TYPES, row_permutation)
+
+
+def _iter_blocks(f: Any, reader: Any, plan: list, config: dict[str, Any], native_types: Any,
+                 row_permutation: Any) -> Iterator[tuple[str, Any]]:
     for t, hf, fn in plan:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         perm = None
-        native = t.tensor_type in NATIVE_TYPES and len(shape) == 2
+        native = t.tensor_type in native_types and len(shape) == 2
         if native and fn is not None:
             perm = row_permutation(fn, shape[0], config)
             native = perm is not None
@@ -510,7 +544,7 @@ def iter_gguf_blocks(path: GGUFSource) -> Iterator[tuple[str, Any]]:
             w = torch.from_numpy(_dequantize(reader, t))
             yield hf, (fn(w, config) if fn is not None else w)
             continue
-        bw = repack(_read_raw(reader, t), t.tensor_type, shape)
+        bw = _repack_tensor(f, reader, t, shape)
         yield hf, (bw.rows(perm) if perm is not None else bw)
 
 
