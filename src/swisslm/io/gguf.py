@@ -40,6 +40,7 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from ..errors import CheckpointError
 from ..families import family_for_gguf, gguf_architectures
 from ..families.gguf_names import GGUFNames, gguf_permute_qk, gguf_unpermute_qk
+from ..quant.gguf_blocks import NATIVE_TYPES, BlockWeight, repack, row_permutation
 from .gguf_header import FastGGUF
 from .tokenizer import Tokenizer
 
@@ -485,8 +486,6 @@ def _read_rows(f: Any, reader: gguf.GGUFReader | FastGGUF, t: Any, start: int, s
 def _repack_tensor(f: Any, reader: gguf.GGUFReader | FastGGUF, t: Any, shape: tuple[int, int]) -> Any:
     """One block tensor -> BlockWeight, read and repacked _CHUNK_BYTES of rows at a time into the
     final buffers."""
-    from ..quant.gguf_blocks import BlockWeight, repack
-
     N, K = shape
     step = max(1, _CHUNK_BYTES // max(1, t.data.shape[-1]))
     out: BlockWeight | None = None
@@ -511,8 +510,6 @@ def iter_gguf_blocks(path: GGUFSource) -> Iterator[tuple[str, Any]]:
     else (F32 norms, F16/BF16 matrices, other quant types, 3-D expert stacks, transforms that
     are not row orders) is dequantized to fp32 as there. Each tensor is read with pread, one at
     a time (see `_read_raw`)."""
-    from ..quant.gguf_blocks import NATIVE_TYPES, row_permutation
-
     reader = _open(path)
     arch, conv = _architecture(reader)
     config = conv.config(_Metadata(reader), arch)
@@ -526,17 +523,16 @@ def iter_gguf_blocks(path: GGUFSource) -> Iterator[tuple[str, Any]]:
     if unknown:
         raise CheckpointError(f"{_name(reader)}: {len(unknown)} GGUF tensor(s) unknown to the {arch!r} map: "
                               f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}")
-    path_ = getattr(reader, "path", None) or _name(reader)
-    with open(path_, "rb", buffering=0) as f:
-        yield from _iter_blocks(f, reader, plan, config, NATIVE_TYPES, row_permutation)
+    with open(getattr(reader, "path", None) or _name(reader), "rb", buffering=0) as f:
+        yield from _iter_blocks(f, reader, plan, config)
 
 
-def _iter_blocks(f: Any, reader: Any, plan: list, config: dict[str, Any], native_types: Any,
-                 row_permutation: Any) -> Iterator[tuple[str, Any]]:
+def _iter_blocks(f: Any, reader: gguf.GGUFReader | FastGGUF, plan: list, config: dict[str, Any]
+                 ) -> Iterator[tuple[str, Any]]:
     for t, hf, fn in plan:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         perm = None
-        native = t.tensor_type in native_types and len(shape) == 2
+        native = t.tensor_type in NATIVE_TYPES and len(shape) == 2
         if native and fn is not None:
             perm = row_permutation(fn, shape[0], config)
             native = perm is not None

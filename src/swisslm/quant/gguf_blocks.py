@@ -97,8 +97,8 @@ class BlockWeight:
             q = torch.stack((q & 0x0F, q >> 4), dim=-1).reshape(q.shape[0], -1).to(torch.int8)
         r = self.group // group
         rep = (lambda t: t.repeat_interleave(r, dim=1)) if r > 1 else (lambda t: t)  # noqa: E731
-        mins = self.mins if self.mins is not None else None
-        return BlockWeight("int8g", q, rep(self.scales), None if mins is None else rep(mins), group, self.source)
+        mins = None if self.mins is None else rep(self.mins)
+        return BlockWeight("int8g", q, rep(self.scales), mins, group, self.source)
 
     @staticmethod
     def cat(parts: list[BlockWeight]) -> BlockWeight:
