@@ -99,7 +99,7 @@ def _prepare(args: argparse.Namespace, peers: list[str]) -> dict[str, Path]:
         import swisslm
 
         log.warning("exporting %s to %s", src or "the embedded model", hf_dir)
-        swisslm.AutoModel.from_pretrained(src).save_pretrained(hf_dir)
+        swisslm.AutoModel.from_pretrained(src, dtype="float32").save_pretrained(hf_dir)
     paths["hf"] = hf_dir
     for scheme in ("int8", "int4"):
         if f"ours-{scheme}" in peers:

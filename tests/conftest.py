@@ -26,7 +26,9 @@ def smollm2_path():
 def smollm2(smollm2_path):
     import swisslm
 
-    return swisslm.AutoModel.from_pretrained(smollm2_path)
+    # float32: the exact expansion that tests compare with transformers and quantize further
+    # (the default keeps the GGUF blocks quantized: tests/test_gguf_native.py)
+    return swisslm.AutoModel.from_pretrained(smollm2_path, dtype="float32")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hub_helpers import tiny_gguf_type_counts, write_tiny_gguf
+from hub_helpers import TINY_GGUF, tiny_gguf_type_counts, write_tiny_gguf
 
 import swisslm
 from swisslm.cli import main as cli_main
@@ -71,7 +71,10 @@ def test_info_names_the_gguf_types(tmp_path: Path, capsys: pytest.CaptureFixture
     counts = tiny_gguf_type_counts()
     share = {k: f"{round(100 * v / sum(counts.values()))}%" for k, v in counts.items()}
     types = f"GGUF Q4_1 ({share['Q4_1']}), Q8_0 ({share['Q8_0']})"
-    assert info(capsys, "--model", str(path))["weights"] == f"{types} → fp32"
+    n = 4 * TINY_GGUF["layers"]  # qkv, out, gate_up, down per layer
+    kept = f"Q8_0 as int8 g32 (embedding, tied head); Q4_1 as int4 g32 ({n} linears)"
+    assert info(capsys, "--model", str(path))["weights"] == f"{types} → kept quantized: {kept}"
+    assert info(capsys, "--model", str(path), "--dtype", "float32")["weights"] == f"{types} → fp32"
     assert info(capsys, "--model", str(path), "--dtype", "bfloat16")["weights"] == f"{types} → bf16"
     assert info(capsys, "--model", str(path), "--quant", "int8")["weights"] == f"{types} → fp32 → int8 weight-only"
 

@@ -420,3 +420,42 @@ def test_bad_shapes_raise_instead_of_reading_past_buffers():
     with pytest.raises(IndexError, match="cache"):  # the fused step never writes past the cache
         kernels.attention_step(torch.randn(1, 1, 128), 4, 2, 16, None, k_cache, v_cache, torch.tensor([4]), None, 0.25)
     assert not k_cache.any()
+
+
+# -- GGUF block types kept quantized (quant/gguf_blocks.py) ------------------------------------
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"])
+@pytest.mark.parametrize("M", [1, 2, 3, 8, 13, 16])
+@pytest.mark.parametrize("N", [1, 7, 37, 64])  # N % 4: the row-block tail
+def test_gguf_block_kernels_match_gguf_dequantize(qtype, M, N, isa):
+    """Each GGUF type's layer on the kernels (int4 for Q4_*, int8 groups for Q8_0/Q5_K/Q6_K) vs
+    gguf.quants.dequantize + an fp32 product; activations are rounded to int16 per row."""
+    from gguf import GGMLQuantizationType
+    from gguf_blocks_data import dequantized, random_blocks
+
+    from swisslm.quant.gguf_blocks import linear_from_block, repack
+
+    t = GGMLQuantizationType[qtype]
+    K = 512
+    raw = random_blocks(t, N, K, seed=M * 100 + N)
+    g = torch.Generator().manual_seed(M + N)
+    x, b = torch.randn(M, K, generator=g), torch.randn(N, generator=g)
+    lin = linear_from_block(repack(raw, t, (N, K)), b)
+    w = torch.from_numpy(dequantized(raw, t))
+    ref = F.linear(x, w, b)
+    y = lin(x)
+    assert lin._kernel(x) is not None  # the kernel ran, not a fallback
+    # rounding each activation to the nearest 1/32767 of its row's largest moves an output by at
+    # most half a step times the row of |W|; plus fp32 rounding of the sums
+    bound = x.abs().amax(1, keepdim=True) / 32767 * w.abs().sum(1) + 1e-5 * (x.abs() @ w.abs().T) + 1e-6
+    assert ((y - ref).abs() <= bound).all(), ((y - ref).abs() / bound).max()
+    # each row alone gives the same result (batch invariance)
+    assert torch.equal(lin(x[M - 1 :]), y[M - 1 :])
+
+
+def test_linear_g8_rejects_bad_groups():
+    q = torch.zeros(4, 64, dtype=torch.int8)
+    assert kernels.linear_g8(torch.randn(1, 64), q, torch.ones(4, 8), None, 8) is None  # 8 % 16 != 0
+    with pytest.raises(ValueError):
+        kernels.linear_g8(torch.randn(1, 64), q, torch.ones(4, 3), None, 32)

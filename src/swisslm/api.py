@@ -174,7 +174,8 @@ class Model(Transformer):
         floats = [p.dtype for p in self.parameters() if p.is_floating_point() and p.dim() >= 2]
         # The float dtype the matrices were loaded in (before quantize_, the norms still have it).
         loaded = dtype_name(max(set(floats), key=floats.count) if floats and not q else self._float_dtype())
-        if steps != [loaded] and (steps or not q):  # a quantized swisslm folder has no float stage
+        gguf_native = bool(q) and q.get("scheme") == "gguf"  # no float stage either
+        if steps != [loaded] and (steps or not q) and not gguf_native:  # nor a quantized swisslm folder
             steps.append(loaded)
         if q:
             steps.append(_describe_quantization(q))
@@ -200,6 +201,8 @@ def _describe_quantization(q: dict[str, Any]) -> str:
     """'int8 weight-only', or 'int4 weight-only (group 32; embedding, head int8)': int4 keeps the
     embedding, the LM head and layers whose width is not a multiple of the group at int8."""
     scheme = q.get("scheme", "?")
+    if scheme == "gguf":
+        return _describe_gguf(q)
     if scheme != "int4":
         return f"{scheme} weight-only"
     kinds = q.get("modules", {})
@@ -217,11 +220,35 @@ def _describe_quantization(q: dict[str, Any]) -> str:
     return f"int4 weight-only (group {q.get('group_size', '?')}{extra})"
 
 
+def _describe_gguf(q: dict[str, Any]) -> str:
+    """'kept quantized: Q4_1 as int4 g32 (210), Q8_0 as int8 g32 (embedding, tied head)': how each
+    GGUF type of a natively loaded file runs (kinds "gguf Q4_1 int4 g32", quant/gguf_blocks.py);
+    the source format before it lists every type, so types not named here were expanded."""
+    runs: dict[str, list[str]] = {}
+    for name, kind in q.get("modules", {}).items():
+        if kind == "tied":
+            continue
+        _, source, *layout = kind.split(" ")
+        key = f"{source} as {' '.join(layout)}"
+        runs.setdefault(key, []).append("embedding" if name == "embed.word" else "head" if name == "head.proj"
+                                        else "linear")
+    tied = q.get("modules", {}).get("head.proj") == "tied"
+    parts = []
+    for key, names in runs.items():
+        n = names.count("linear")
+        what = [f"{n} linear{'s' if n != 1 else ''}"] if n else []
+        what += [w for w in ("embedding", "head") if w in names]
+        if "embedding" in names and tied:
+            what.append("tied head")
+        parts.append(f"{key} ({', '.join(what)})")
+    return "kept quantized: " + "; ".join(parts)
+
+
 class AutoModel:
     @staticmethod
     def from_pretrained(
         path: str | Path | None = None,
-        dtype: str | torch.dtype = "float32",
+        dtype: str | torch.dtype | None = None,
         device: str | torch.device = "cpu",
         backend: str = "auto",
     ) -> Model:
@@ -229,7 +256,9 @@ class AutoModel:
         found in the local HF cache (`ORG/NAME`, `ORG/NAME@REVISION`, `ORG/NAME/FILE.gguf`; a
         local path of the same name wins; never downloads), or, with None, the embedded default
         SmolLM2-135M-Instruct. `backend`: "auto" puts a CPU model on swisslm's CPU kernels where
-        they run (kernels.apply_), "cpu" insists on them, "torch" keeps plain torch."""
+        they run (kernels.apply_), "cpu" insists on them, "torch" keeps plain torch. `dtype`
+        None: a .gguf file's Q4_0/Q4_1/Q4_K/Q8_0/Q5_K/Q6_K matrices stay quantized and run on the
+        int kernels, everything else loads fp32; "float32" (or another float dtype) expands."""
         from .kernels.backend import apply_backend_
 
         src = resolve_model(path) if path is not None else default_model_path()

@@ -23,8 +23,10 @@ def add_model_args(p: argparse.ArgumentParser, quant: bool = True) -> None:
     p.add_argument("--model", default=None,
                    help="HF folder, .gguf file, or ORG/NAME[@REV][/FILE.gguf] from the local HF cache "
                         "(default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="weight and activation dtype")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weight and activation dtype (default: a .gguf runs its Q4_0/Q4_1/Q4_K/Q8_0/Q5_K/Q6_K "
+                        "blocks quantized with fp32 activations, anything else loads float32; "
+                        "float32 expands a .gguf)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     if quant:
@@ -81,7 +83,9 @@ def load_model_from_args(args: argparse.Namespace) -> Any:
         raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
     with phase("load"):
         path = None if args.model in (None, "default") else args.model  # `default`: the embedded model
-        model = AutoModel.from_pretrained(path, dtype=args.dtype, device=args.device)
+        # --quant requantizes float weights: a GGUF is expanded first, as before
+        dtype = args.dtype or ("float32" if getattr(args, "quant", None) else None)
+        model = AutoModel.from_pretrained(path, dtype=dtype, device=args.device)
     if getattr(args, "quant", None):
         from ..quant import quantize_
 

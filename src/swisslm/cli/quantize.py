@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     src = None if args.src == "default" else args.src
     bar = progress_bar(3, desc=f"load {args.src}", unit="stage", enabled=progress_enabled(args.quiet))
     with bar:
-        model = AutoModel.from_pretrained(src)
+        model = AutoModel.from_pretrained(src, dtype="float32")  # quantize_ starts from float weights
         if getattr(model, "quantization", None):
             raise UsageError(f"{args.src}: already quantized ({model.quantization['scheme']})")
         bar.update(1)

@@ -40,11 +40,12 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from ..errors import CheckpointError
 from ..families import family_for_gguf, gguf_architectures
 from ..families.gguf_names import GGUFNames, gguf_permute_qk, gguf_unpermute_qk
+from ..quant.gguf_blocks import NATIVE_TYPES, BlockWeight, repack, row_permutation
 from .gguf_header import FastGGUF
 from .tokenizer import Tokenizer
 
-__all__ = ["gguf_permute_qk", "gguf_unpermute_qk", "iter_gguf_tensors", "open_gguf", "read_gguf_config",
-           "read_gguf_metadata", "read_gguf_tokenizer"]
+__all__ = ["gguf_permute_qk", "gguf_tensor_types", "gguf_unpermute_qk", "iter_gguf_blocks", "iter_gguf_tensors",
+           "open_gguf", "read_gguf_config", "read_gguf_metadata", "read_gguf_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -502,3 +503,105 @@ def read_gguf_tokenizer(path: GGUFSource, *,
         model_max_length=int(ctx) if ctx is not None else None,
         source=name,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Tensors kept quantized
+# ----------------------------------------------------------------------------------------------
+
+
+# Rows of a block-quantized tensor read and repacked per step: the transient memory of a load is
+# this much raw data plus its repacked form, not a whole tensor's (SmolLM2's Q8_0 embedding is
+# 32 MB raw).
+_CHUNK_BYTES = 4 << 20
+
+
+def _read_rows(f: Any, reader: gguf.GGUFReader | FastGGUF, t: Any, start: int, stop: int) -> np.ndarray:
+    """Rows start..stop of a 2-D block tensor (uint8 [rows, row bytes]) read with pread rather
+    than through the memory map: the pages of a mapping count in this process's RSS for as long
+    as the map lives, a read's page cache does not."""
+    view = t.data.view(np.ndarray)
+    base = reader.data.view(np.ndarray)
+    row_bytes = view.shape[-1]
+    offset = view.__array_interface__["data"][0] - base.__array_interface__["data"][0] + start * row_bytes
+    out = np.empty((stop - start, row_bytes), dtype=np.uint8)
+    buf = memoryview(out.reshape(-1))
+    got = 0
+    while got < len(buf):
+        n = os.preadv(f.fileno(), [buf[got:]], offset + got)
+        if n <= 0:
+            raise CheckpointError(f"{_name(reader)}: tensor {t.name} runs past the end of the file")
+        got += n
+    return out
+
+
+def _repack_tensor(f: Any, reader: gguf.GGUFReader | FastGGUF, t: Any, shape: tuple[int, int]) -> Any:
+    """One block tensor -> BlockWeight, read and repacked _CHUNK_BYTES of rows at a time into the
+    final buffers."""
+    N, K = shape
+    step = max(1, _CHUNK_BYTES // max(1, t.data.shape[-1]))
+    out: BlockWeight | None = None
+    for r0 in range(0, N, step):
+        r1 = min(N, r0 + step)
+        part = repack(_read_rows(f, reader, t, r0, r1), t.tensor_type, (r1 - r0, K))
+        if r0 == 0 and r1 == N:
+            return part
+        if out is None:
+            alloc = lambda x: None if x is None else x.new_empty((N, *x.shape[1:]))  # noqa: E731
+            out = BlockWeight(part.kind, alloc(part.q), alloc(part.scales), alloc(part.mins), part.group, part.source)
+        for dst, src in ((out.q, part.q), (out.scales, part.scales), (out.mins, part.mins)):
+            if dst is not None:
+                dst[r0:r1] = src
+    return out
+
+
+def iter_gguf_blocks(path: GGUFSource) -> Iterator[tuple[str, Any]]:
+    """Like `iter_gguf_tensors`, but the matrices of a type in `quant.gguf_blocks.NATIVE_TYPES`
+    (Q4_0, Q4_1, Q4_K, Q8_0, Q5_K, Q6_K) come out as `BlockWeight`s, repacked for the int
+    kernels and never expanded; q/k row un-permutations are applied to their rows. Everything
+    else (F32 norms, F16/BF16 matrices, other quant types, 3-D expert stacks, transforms that
+    are not row orders) is dequantized to fp32 as there. Each tensor is read with pread, one at
+    a time (see `_read_raw`)."""
+    reader = _open(path)
+    arch, conv = _architecture(reader)
+    config = conv.config(_Metadata(reader), arch)
+    plan, unknown = [], []
+    for t in reader.tensors:
+        entry = conv.hf_name(t.name)
+        if entry is None:
+            unknown.append(t.name)
+        elif entry[0] is not None:
+            plan.append((t, entry[0], entry[1]))
+    if unknown:
+        raise CheckpointError(f"{_name(reader)}: {len(unknown)} GGUF tensor(s) unknown to the {arch!r} map: "
+                              f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}")
+    with open(getattr(reader, "path", None) or _name(reader), "rb", buffering=0) as f:
+        yield from _iter_blocks(f, reader, plan, config)
+
+
+def _iter_blocks(f: Any, reader: gguf.GGUFReader | FastGGUF, plan: list, config: dict[str, Any]
+                 ) -> Iterator[tuple[str, Any]]:
+    for t, hf, fn in plan:
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        perm = None
+        native = t.tensor_type in NATIVE_TYPES and len(shape) == 2
+        if native and fn is not None:
+            perm = row_permutation(fn, shape[0], config)
+            native = perm is not None
+        if not native:
+            w = torch.from_numpy(_dequantize(reader, t))
+            yield hf, (fn(w, config) if fn is not None else w)
+            continue
+        bw = _repack_tensor(f, reader, t, shape)
+        yield hf, (bw.rows(perm) if perm is not None else bw)
+
+
+def gguf_tensor_types(path: GGUFSource) -> dict[str, int]:
+    """{GGUF type name: values} over the file's matrices (2+ dims), for SourceFormat."""
+    from collections import Counter
+
+    types: Counter[str] = Counter()
+    for t in _open(path).tensors:
+        if len(t.shape) >= 2:
+            types[t.tensor_type.name] += int(t.shape.prod())
+    return dict(types)

@@ -153,6 +153,9 @@ def describe(model: nn.Module) -> list[dict[str, Any]]:
                      "backend": "swisslm" if kernel else "torch", "isa": f32_isa if kernel else None}
         elif hasattr(type(m), "kernel_linear") and hasattr(m, "dequantize"):  # quant/layers.py
             kind = type(m).__name__.removesuffix("Linear").lower()
+            if getattr(m, "gguf_source", None):  # a GGUF's blocks, repacked (quant/gguf_blocks.py)
+                bits = "int4" if kind == "int4" else "int8"
+                kind = f"{m.gguf_source} as {bits} g{m.group_size}"
             if on and m.kernel_linear() is not None:
                 entry = {"kind": kind, "backend": "swisslm", "isa": "avx2"}  # the int kernels are AVX2
             else:

@@ -28,6 +28,8 @@ static int linear_apply(const SwlLinear *l, const float *x, float *y, int64_t M,
             return 0;
         case 2:
             return swl_linear_i4(x, (const uint8_t *)l->w, l->scales, l->mins, l->bias, y, M, K, N, l->group, nt);
+        case 3:
+            return swl_linear_g8(x, (const int8_t *)l->w, l->scales, l->mins, l->bias, y, M, K, N, l->group, nt);
         default:
             return -1;
     }
@@ -48,7 +50,8 @@ static int check_linears(const SwlLinear *lins, int64_t C, int64_t Q, int64_t I)
     const int64_t in_width[4] = {C, Q, C, I};
     for (int i = 0; i < 4; i++) {
         const int64_t g = lins[i].group;
-        if (lins[i].kind < 0 || lins[i].kind > 2 || (lins[i].kind == 2 && (g <= 0 || g % 16 || in_width[i] % g)))
+        const int grouped = lins[i].kind == 2 || lins[i].kind == 3;
+        if (lins[i].kind < 0 || lins[i].kind > 3 || (grouped && (g <= 0 || g % 16 || in_width[i] % g)))
             return -2;
     }
     return 0;

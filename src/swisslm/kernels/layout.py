@@ -18,7 +18,7 @@ _i64, _f32, _ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
 
 class Linear(ctypes.Structure):
     """SwlLinear. kind: 0 fp32 [N, K]; 1 int8 [N, K] + scales [N]; 2 int4 [N, K/2] + scales,
-    mins [N, K/group]."""
+    mins [N, K/group]; 3 int8 [N, K] + scales, mins (or NULL) [N, K/group]."""
 
     _fields_ = [("kind", _i64), ("w", _ptr), ("scales", _ptr), ("mins", _ptr), ("bias", _ptr), ("group", _i64)]
 

@@ -50,6 +50,7 @@ __all__ = [
     "layer_layout",
     "layer_step",
     "linear_f32",
+    "linear_g8",
     "linear_i4",
     "linear_i8",
     "rms_norm",
@@ -63,7 +64,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(n) for n in ("cpu_linear.c", "cpu_decode.c", "cpu_layer.c", "pymodule.c")]
+SOURCES = [Path(__file__).with_name(n) for n in ("cpu_linear.c", "cpu_group.c", "cpu_decode.c", "cpu_layer.c",
+                                                    "pymodule.c")]
 HEADERS = [Path(__file__).with_name("swisslm_kernels.h")]  # part of the build's hash, not of its command
 # No -mavx2: the kernel files raise their own ISA (SWL_AVX2_BEGIN in swisslm_kernels.h), so the
 # module loads, and says it cannot run, on an x86-64 without AVX2.
@@ -287,6 +289,27 @@ def linear_i4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, mins:
         raise ValueError(f"x has {K} features, int4 weight is {tuple(packed.shape)} with group {group_size}")
     y = _out(x, N, None)
     ran = _lib().linear_i4(x2.data_ptr(), packed.data_ptr(), scales.data_ptr(), mins.data_ptr(), _ptr(bias),
+                           y.data_ptr(), M, K, N, group_size, torch.get_num_threads())
+    return y if ran else None
+
+
+def linear_g8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, group_size: int,
+              bias: torch.Tensor | None = None) -> torch.Tensor | None:
+    """x @ W.T + bias for int8 codes per group (cpu_group.c; quant.layers.GroupInt8Linear):
+    W = q * scales (+ mins), one scale [and min] per `group_size` columns, scales/mins
+    (N, K / group_size) fp32. Activation rows scaled to int16 as in linear_i8. None when the group
+    size is not a multiple of 16 (the caller then dequantizes)."""
+    _check(q, bias)
+    x2, M, K = _rows(x)
+    N = q.shape[0]
+    if (q.shape[1] != K or q.dtype != torch.int8 or K % group_size or scales.shape != (N, K // group_size)
+            or (mins is not None and mins.shape != scales.shape)):
+        raise ValueError(f"x has {K} features, int8 group weight is {tuple(q.shape)} with group {group_size}")
+    for t in (scales, mins):
+        if t is not None and (t.dtype != torch.float32 or not t.is_contiguous()):
+            raise ValueError("linear_g8: scales and mins must be contiguous fp32")
+    y = _out(x, N, None)
+    ran = _lib().linear_g8(x2.data_ptr(), q.data_ptr(), scales.data_ptr(), _ptr(mins), _ptr(bias),
                            y.data_ptr(), M, K, N, group_size, torch.get_num_threads())
     return y if ran else None
 

@@ -83,6 +83,11 @@ WRAP_RC(linear_i4, "ppppppiiiii",
         swl_linear_i4(a[0].p, a[1].p, a[2].p, a[3].p, a[4].p, a[5].p, a[6].i, a[7].i, a[8].i, a[9].i, (int)a[10].i),
         PyBool_FromLong(rc == 0))
 
+// linear_g8 likewise (group size not a multiple of 16 or not dividing K: False).
+WRAP_RC(linear_g8, "ppppppiiiii",
+        swl_linear_g8(a[0].p, a[1].p, a[2].p, a[3].p, a[4].p, a[5].p, a[6].i, a[7].i, a[8].i, a[9].i, (int)a[10].i),
+        PyBool_FromLong(rc == 0))
+
 // Compiled for the baseline x86-64 (no target attribute): asked before any AVX2 code runs.
 int swl_cpu_supported(void) {
     __builtin_cpu_init();
@@ -113,7 +118,7 @@ static PyObject *py_layout_size(PyObject *self, PyObject *arg) {
 
 #define FAST(NAME) {#NAME, (PyCFunction)(void (*)(void))py_##NAME, METH_FASTCALL, NULL}
 static PyMethodDef methods[] = {
-    FAST(linear_f32), FAST(linear_i8), FAST(linear_i4), FAST(rmsnorm), FAST(rope),
+    FAST(linear_f32), FAST(linear_i8), FAST(linear_i4), FAST(linear_g8), FAST(rmsnorm), FAST(rope),
     FAST(decode_attention), FAST(silu_mul), FAST(attention_step), FAST(layer_step), FAST(stack_step),
     {"cpu_supported", py_cpu_supported, METH_NOARGS, NULL},
     {"f32_isa", py_f32_isa, METH_O, NULL},

@@ -23,7 +23,8 @@
 // module checks sizeof against ctypes.sizeof when it loads) --------------------------------
 
 // A linear layer as the kernels see it. kind: 0 fp32 weight [N, K]; 1 int8 [N, K] + scales [N];
-// 2 int4 [N, K/2] + scales, mins [N, K/group] (see cpu_linear.c).
+// 2 int4 [N, K/2] + scales, mins [N, K/group] (see cpu_linear.c); 3 int8 [N, K] + scales and
+// optional mins [N, K/group] (cpu_group.c).
 typedef struct {
     int64_t kind;
     const void *w;
@@ -74,6 +75,11 @@ void swl_linear_i8(const float *x, const int8_t *w, const float *scales, const f
 int swl_linear_i4(const float *x, const uint8_t *w, const float *scales, const float *mins, const float *bias,
                   float *y, int64_t M, int64_t K, int64_t N, int64_t group_size, int nthreads);
 int swl_f32_isa(int want);  // fp32 kernel: -1 query, 0 AVX2, 1 AVX-512 (where the CPU has it)
+
+// cpu_group.c: int8 codes with a scale (and optional min, NULL: none) per group of `gs` columns.
+// Returns 0, or -1 when gs is not a multiple of 16 or does not divide K.
+int swl_linear_g8(const float *x, const int8_t *w, const float *scales, const float *mins, const float *bias,
+                  float *y, int64_t M, int64_t K, int64_t N, int64_t gs, int nthreads);
 
 // pymodule.c (baseline ISA: safe to call on any x86-64)
 int swl_cpu_supported(void);

@@ -135,7 +135,10 @@ def logical_num_parameters(model: nn.Module) -> int:
     buffers, so `model.num_parameters()` skips them; scales and mins are quantization metadata
     and are not counted (as llama.cpp and transformers count a quantized model). A tensor shared
     by two modules (tied int8 head and embedding) counts once."""
+    from .gguf_blocks import logical_numel
+
     counts = {id(p): p.numel() for p in model.parameters()}
+    counts.update(logical_numel(model))  # natively loaded GGUF blocks
     for m in model.modules():
         if isinstance(m, Int4Linear | Int8Linear):
             counts[id(m.weight)] = m.out_features * m.in_features

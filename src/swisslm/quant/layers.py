@@ -277,6 +277,69 @@ class Int4Linear(_QuantLinearBase):
         return super().extra_repr() + f", group_size={self.group_size}"
 
 
+class GroupInt8Linear(_QuantLinearBase):
+    """Weight-only linear in int8 codes per group of `group_size` input columns (16 or 32), each
+    group with its own fp32 scale and, optionally, min: W = q * scales + mins. The layout GGUF's
+    Q8_0 (group 32, no min), Q5_K (group 32, codes 0..31 with a min) and Q6_K (group 16, codes
+    -32..31) repack into exactly (quant/gguf_blocks.py); decode runs kernels.linear_g8.
+
+    Off the kernels the decode product dequantizes this layer's weight for the call and runs
+    F.linear (exact, one layer's fp32 at a time) instead of fbgemm's int8-per-channel copy, which
+    would re-round the block scales."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, group_size: int = 32,
+                 has_mins: bool = True, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__(in_features, out_features, bias, dtype)
+        if group_size % 16 or in_features % group_size:
+            raise ValueError(f"group_size {group_size} must be a multiple of 16 dividing in_features {in_features}")
+        self.group_size = group_size
+        self._fbgemm = False
+        G = in_features // group_size
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("scales", torch.ones(out_features, G, dtype=torch.float32, device=device))
+        if has_mins:
+            self.register_buffer("mins", torch.zeros(out_features, G, dtype=torch.float32, device=device))
+        else:
+            self.mins = None
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize_groups(self.weight, self.scales, self.mins).to(self.compute_dtype)
+
+    def int8_weight(self):
+        return quantize_int8_per_channel(dequantize_groups(self.weight, self.scales, self.mins))
+
+    def _kernel(self, x: torch.Tensor) -> torch.Tensor | None:
+        return kernels.linear_g8(x, self.weight, self.scales, self.mins, self.group_size, self.bias)
+
+    def _decode_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if kernels.available():
+            y = self._kernel(x)
+            if y is not None:
+                return y
+        return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def kernel_linear(self) -> tuple | None:
+        w, s, m, b = self.weight, self.scales, self.mins, self.bias
+        if not self._kernel_tensors_ok(w, s, m, b):
+            return None
+        return (3, w.data_ptr(), s.data_ptr(), None if m is None else m.data_ptr(),
+                None if b is None else b.data_ptr(), self.group_size)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", group_size={self.group_size}, mins={self.mins is not None}"
+
+
+def dequantize_groups(q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None) -> torch.Tensor:
+    """int8 codes (..., K) with per-group scales [and mins] (..., K/gs) -> fp32 (..., K):
+    q * scale (+ min), one rounding per product and one per sum, as gguf.quants computes it."""
+    G = scales.shape[-1]
+    w = q.float().unflatten(-1, (G, -1)) * scales[..., None]
+    if mins is not None:
+        w += mins[..., None]
+    return w.flatten(-2)
+
+
 class Int8Embedding(nn.Module):
     """Token embedding stored int8 per row (one scale per token): a lookup reads B*T rows and
     scales them, so nothing is ever dequantized in full."""
