@@ -30,7 +30,7 @@ import torch
 
 from ..api import Model
 from ..families import family_for_hf_config
-from ..families.weight_map import CompiledMap
+from ..families.weight_map import CompiledMap, dest_of
 from ..io.build import build_on_meta, materialize_buffers
 from ..io.errors import CheckpointError
 from ..io.loader import read_hf_config
@@ -164,7 +164,7 @@ def load_dispatched(src: Path, dtype: torch.dtype, device_map: Any, max_memory: 
             problems.append(f"unexpected tensor {k!r}")
             continue
         _, target, groups = hit
-        dest = target if isinstance(target, str) or target is None else target.dest
+        dest = dest_of(target)
         if dest is None:
             continue
         stacked = "expert" in groups and "{expert}" not in dest

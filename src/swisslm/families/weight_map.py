@@ -69,6 +69,11 @@ def _unwrap(target: Target) -> str | Part | Transform | None:
     return target.target if isinstance(target, LoadOnly) else target
 
 
+def dest_of(target: Target) -> str | None:
+    """The model tensor name (pattern) a weight-map entry fills, LoadOnly entries included."""
+    return _dest(_unwrap(target))
+
+
 def _dest(target: Target) -> str | None:
     return target if isinstance(target, str) or target is None else target.dest
 

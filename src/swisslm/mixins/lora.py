@@ -88,14 +88,15 @@ def find_sites(model: nn.Module) -> list[Site]:
     experts) and names come from the one table that loading and export use.
     """
     from ..families import get_family
-    from ..families.weight_map import Part, Transform
+    from ..families.weight_map import LoadOnly, Part, Transform
 
     cfg = model.config
     wmap = get_family(cfg.family).weight_map(cfg)
     sites: dict[tuple[str, str | None], Site] = {}
     layers = range(cfg.num_layers)
     for pattern, target in wmap.items():
-        if target is None or not pattern.endswith(".weight"):
+        # LoadOnly entries name GGUF tensors (a file format), not the HF modules PEFT adapts
+        if target is None or isinstance(target, LoadOnly) or not pattern.endswith(".weight"):
             continue
         dest = target if isinstance(target, str) else target.dest
         hf_mod = pattern[: -len(".weight")]
