@@ -51,10 +51,15 @@ def check_load_kwargs(cls_name: str, kwargs: dict[str, Any]) -> None:
 
 def _dtype_arg(kwargs: dict[str, Any], src: Any) -> Any:
     """torch_dtype / dtype: a torch dtype or its name; "auto" is the checkpoint's own (config.json's
-    torch_dtype / dtype), fp32 for a GGUF file; default fp32 as transformers."""
+    torch_dtype / dtype); default fp32 as transformers. A GGUF file (loaded whole, no device_map)
+    keeps its quantized blocks for both (None: swisslm's native GGUF execution, issue 17), where
+    transformers would expand it to fp32; an explicit float dtype still expands."""
     import torch
 
     d = kwargs.get("dtype", kwargs.get("torch_dtype"))
+    is_gguf = getattr(src, "suffix", "") == ".gguf" and kwargs.get("device_map") is None
+    if d in (None, "auto") and is_gguf:
+        return None
     if d is None:
         return torch.float32
     if d == "auto":
