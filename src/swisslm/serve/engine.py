@@ -91,6 +91,8 @@ class Sequence:
         self.cancelled = False
         self.finished = False
         self.arrival = time.perf_counter()
+        # (logprob, top alternatives) of prompt tokens 1.. when params.prompt_logprobs is set
+        self.prompt_logprobs: list[tuple[float, list[tuple[int, float]]]] = []
         self.first_token_time: float | None = None
         self.last_token_time: float | None = None
         # on the logits' device (the draw runs there)
@@ -280,7 +282,16 @@ class Engine:
         b = seq.row
         self._bind(b, 1, self._slots(end))
         ids = torch.tensor([seq.prompt_ids[start:end]], device=self.device)
-        out = self.model(ids, input_pos=torch.arange(start, end, device=self.device), num_logits_to_keep=1)
+        want = seq.params.prompt_logprobs
+        out = self.model(ids, input_pos=torch.arange(start, end, device=self.device),
+                         num_logits_to_keep=1 if want is None else 0)
+        if want is not None:  # logits[j] scores prompt token start + j + 1
+            n = min(end, len(seq.prompt_ids) - 1) - start
+            if n > 0:
+                targets = torch.tensor(seq.prompt_ids[start + 1:start + 1 + n], device=self.device)
+                lps, top_ids, top_lps = token_logprobs(out.logits[0, :n], targets, want)
+                seq.prompt_logprobs += [(lp, list(zip(i, v))) for lp, i, v in
+                                        zip(lps.tolist(), top_ids.tolist(), top_lps.tolist())]
         self.metrics.prompt_tokens.inc(end - start)
         seq.prefilled = seq.pos = end
         if end == len(seq.prompt_ids):
@@ -317,6 +328,7 @@ class Engine:
     def _choose(self, s: Sequence, logits: torch.Tensor) -> torch.Tensor:
         """logits (1, V) of one row -> chosen token (1,), as generate() chooses it."""
         p = s.params
+        logits = s.decoder.constrain(logits)  # a grammar masks what it forbids before sampling
         seen = generated = None
         if p.repetition_penalty != 1.0 or p.no_repeat_ngram_size:
             seen = torch.tensor([s.prompt_ids + s.output_ids], device=logits.device)
