@@ -22,10 +22,10 @@ hub = pytest.importorskip("huggingface_hub")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
+from test_serve import LiveServer, greedy_ids, load_smollm2_tokenizer, strip_eos, tiny_lm  # noqa: E402
+
 import swisslm  # noqa: E402
 from swisslm.serve import create_app  # noqa: E402
-
-from test_serve import LiveServer, greedy_ids, load_smollm2_tokenizer, strip_eos, tiny_lm  # noqa: E402
 
 PROMPT = "The weather today is"
 
