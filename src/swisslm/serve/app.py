@@ -75,10 +75,12 @@ logger = logging.getLogger(__name__)
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 503)
 }
-# Generation endpoints answer JSON, or an SSE stream when the body says "stream": true.
-STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **ERROR_RESPONSES, 200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
-}
+# Generation endpoints answer JSON, or an SSE stream when the body says "stream": true. Before
+# OpenAPI 3.2 (itemSchema) a text/event-stream schema describes one event: its fields, data a
+# JSON text.
+SSE_EVENT = {"text/event-stream": {"schema": {"type": "object", "properties": {
+    "data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}}}}}
+STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {**ERROR_RESPONSES, 200: {"content": SSE_EVENT}}
 # TGI's routes answer errors as TGI does: {"error", "error_type"}, 422 for a request it refuses
 # (what InferenceClient parses); the outer middlewares' 401 / 413 keep the OpenAI shape.
 TGI_PATHS = frozenset({"/", "/generate", "/generate_stream"})
@@ -86,9 +88,7 @@ TGI_RESPONSES: dict[int | str, dict[str, Any]] = {
     **{code: {"model": ErrorResponse} for code in (401, 413)},
     **{code: {"model": TGIError} for code in (404, 422, 429, 503)},
 }
-TGI_STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **TGI_RESPONSES, 200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
-}
+TGI_STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {**TGI_RESPONSES, 200: {"content": SSE_EVENT}}
 HF_DEFAULT_MAX_NEW_TOKENS = 100  # InferenceClient documents this default
 MAX_BEST_OF = 8
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's legacy completions default
@@ -202,8 +202,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_json(400, message, "invalid_request_error", None, param)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        if req.url.path in TGI_PATHS and exc.status_code == 400:  # e.g. a body that is not UTF-8
+            return _tgi_error(400, str(exc.detail), kind)
         return error_json(exc.status_code, str(exc.detail), kind, None, None, headers=exc.headers)
 
     @app.exception_handler(Exception)
