@@ -73,7 +73,10 @@ class Grammar:
         self.kind = kind
         self.vocab_size = vocab_size
         self._lltok = _ll_tokenizer(tokenizer, vocab_size, eos_ids)
-        failed, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar, self._lltok)
+        try:
+            failed, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar, self._lltok)
+        except Exception as e:  # the compiler's own exceptions: the grammar is what is wrong
+            raise ValueError(f"invalid {kind}: {str(e)[:300]}") from None
         if failed:
             raise ValueError(f"invalid {kind}: {messages[0][:300] if messages else 'rejected by the grammar compiler'}")
         # Rows start from copies of this matcher: deep_copy is cheap, compiling is not.
@@ -97,7 +100,7 @@ class Grammar:
             raise ValueError("a JSON schema must be a JSON object")
         try:
             grammar = llg.LLMatcher.grammar_from_json_schema(schema, overrides=_JSON_OPTIONS)
-        except (ValueError, TypeError) as e:
+        except Exception as e:  # ValueError for a bad schema; anything the compiler raises is the schema's fault
             raise ValueError(f"invalid JSON schema: {str(e)[:300]}") from None
         return cls(grammar, tokenizer, vocab_size, eos_ids, "JSON schema")
 
