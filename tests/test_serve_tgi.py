@@ -94,6 +94,8 @@ def test_text_generation_stream_with_details(client, reference, tok):
     assert chunks[-1].generated_text == tok.decode(want)
     assert chunks[-1].details.generated_tokens == len(chunks)
     assert "".join(client.text_generation(PROMPT, max_new_tokens=8, stream=True)) == tok.decode(want)
+    with pytest.raises(Exception, match="decoder_input_details"):  # TGI refuses it on a stream, so do we
+        list(client.text_generation(PROMPT, max_new_tokens=2, stream=True, details=True, decoder_input_details=True))
 
 
 def test_generate_and_generate_stream_routes(server, reference, tok):

@@ -777,6 +777,9 @@ class _TGIRun:
             raise APIError(400, "watermark is not supported by this server (no watermarking logits processor); "
                            "send watermark=false", param="watermark")
         srv.resolve_model(p.adapter_id)
+        if stream and p.decoder_input_details:  # TGI's rule: the stream has no place for the prefill
+            raise APIError(400, "decoder_input_details is not supported when streaming tokens",
+                           param="decoder_input_details")
         # TGI's rule: sample when asked to, or when a sampling knob is set; else greedy.
         do_sample = p.do_sample if p.do_sample is not None else any(
             v is not None for v in (p.temperature, p.top_k, p.top_p, p.typical_p))
@@ -805,7 +808,7 @@ class _TGIRun:
         # A sampled request without a seed gets one, reported in details as TGI does (reproducible).
         seed = p.seed if p.seed is not None or not do_sample else random.randrange(2**63)
         want_lp = (p.top_n_tokens or 0) if (p.details or stream or best_of > 1 or p.top_n_tokens) else None
-        prompt_lp = 0 if (p.decoder_input_details and p.details and not stream) else None
+        prompt_lp = 0 if (p.decoder_input_details and p.details) else None
         prompts, heads, jobs = [], [], []
         copies = max(n, best_of)
         for text in inputs:
