@@ -249,3 +249,18 @@ def test_feature_extraction_and_similarity_equal_swisslm_embed(minilm_server, mi
     torch.testing.assert_close(torch.tensor(sims), want[1:] @ want[0], atol=1e-5, rtol=1e-4)
     r = httpx.post(minilm_server.url + "/", json={"inputs": "x", "parameters": {"max_new_tokens": 3}}, timeout=30)
     assert r.status_code == 422 and "encoder" in r.json()["error"]
+
+
+def test_model_names_are_strict_once_adapters_are_served(server):
+    # With LoRA adapters served (`--lora name=PATH` fills settings.adapters), a stray name must not
+    # silently fall back to the base model.
+    settings = server.app.state.settings
+    settings.adapters = ("sql",)
+    try:
+        body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+        r = httpx.post(server.url + "/v1/chat/completions", json={**body, "model": "dummy"}, timeout=30)
+        assert r.status_code == 404 and "'sql'" in r.json()["error"]["message"]
+        r = httpx.post(server.url + "/v1/chat/completions", json={**body, "model": "tiny-tgi"}, timeout=30)
+        assert r.status_code == 200
+    finally:
+        settings.adapters = ()
