@@ -236,3 +236,32 @@ def test_kv_cache_commits_memory_only_where_written():
     c.k[:, :, :1024] = 1.0  # an eighth of k: 16 MiB
     grown = rss_mib() - before
     assert 12 < grown < 48
+
+
+def test_prompt_logprobs_with_batched_prefill_and_a_warm_prefix_cache(lm, tok):
+    """decoder_input_details needs every prompt token's logits: a row asking for them is computed
+    in full even when its prefix is cached, and a batched prefill gives each row its own, equal to
+    one full forward of the prompt alone."""
+    system = ids(11, 24)
+    prompts = [system + ids(12, 5), system + ids(13, 9), ids(14, 7)]
+
+    def run(eng: Engine) -> list[list[tuple[float, list]]]:
+        submit_all(eng, tok, [system + ids(15, 3)])  # warms the cache with the shared blocks
+        done = [threading.Event() for _ in prompts]
+        params = SamplingParams(max_new_tokens=2, temperature=0.0, ignore_eos=True, prompt_logprobs=2)
+        seqs = [Sequence(p, params, lambda ev, i=i: ev.finish_reason and done[i].set(), tok, eng.eos_ids)
+                for i, p in enumerate(prompts)]
+        eng.submit(seqs)
+        for d in done:
+            assert d.wait(60)
+        return [s.prompt_logprobs for s in seqs]
+
+    got, eng = with_engine(lm, run, prefix_cache_bytes=1 << 20)
+    assert eng.prefix_cache is not None
+    for p, lps in zip(prompts, got):
+        assert len(lps) == len(p) - 1
+        with torch.no_grad():
+            ref = torch.log_softmax(lm(torch.tensor([p])).logits[0, :-1].float(), -1)
+        want = ref.gather(1, torch.tensor(p[1:])[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor([lp for lp, _ in lps]), want, atol=2e-4, rtol=0)
+        assert [top[0][0] for _, top in lps] == ref.argmax(-1).tolist()

@@ -77,6 +77,7 @@ def test_cli_flags_come_from_the_record():
     assert flags == {
         "max_new_tokens": ("--max-new-tokens", int, 128), "temperature": ("--temperature", float, 0.0),
         "top_k": ("--top-k", int, 0), "top_p": ("--top-p", float, 1.0), "min_p": ("--min-p", float, 0.0),
+        "typical_p": ("--typical-p", float, 1.0),
         "repetition_penalty": ("--repetition-penalty", float, 1.0), "seed": ("--seed", int, None),
     }
     args = parser.parse_args(["--temperature", "0.7", "--top-p", "0.9", "--seed", "3", "--max-new-tokens", "5"])

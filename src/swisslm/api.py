@@ -50,8 +50,32 @@ class Model(Transformer):
         """A GenerationConfig with this checkpoint's EOS ids (tokenizer's stop ids, else the
         config's) and pad id filled in. The rows' sampling comes from `sampling` (a
         SamplingParams, as the CLI and the server build it) or from HF's keywords in kwargs
-        (do_sample, temperature, top_k, ...); other kwargs are GenerationConfig's batch fields."""
+        (do_sample, temperature, top_k, ...); other kwargs are GenerationConfig's batch fields.
+        `json_schema` (a dict or JSON text) or `regex`: every row's output follows it (constrained
+        decoding, generation/constrained.py)."""
         eos = resolve_eos(self.tokenizer, self.config) if eos_token_id is None else eos_token_id
+        constraint = self._constraint(kwargs.pop("json_schema", None), kwargs.pop("regex", None), eos)
+        cfg = self._generation_config(max_new_tokens, eos, pad_token_id, sampling, **kwargs)
+        if constraint is not None:
+            cfg.params = dataclasses.replace(cfg.params, constraint=constraint)
+        return cfg
+
+    def _constraint(self, json_schema: Any, regex: str | None, eos: int | list[int]) -> Any:
+        if json_schema is None and regex is None:
+            return None
+        if json_schema is not None and regex is not None:
+            raise ValueError("pass json_schema or regex, not both")
+        if self.tokenizer is None:
+            raise ValueError("constrained decoding needs the model's tokenizer")
+        from .generation.constrained import Grammar
+
+        eos_ids = [eos] if isinstance(eos, int) else list(eos)
+        if regex is not None:
+            return Grammar.regex(regex, self.tokenizer, self.config.vocab_size, eos_ids)
+        return Grammar.json_schema(json_schema, self.tokenizer, self.config.vocab_size, eos_ids)
+
+    def _generation_config(self, max_new_tokens: int, eos: int | list[int], pad_token_id: int | None,
+                           sampling: SamplingParams | None, **kwargs: Any) -> GenerationConfig:
         if pad_token_id is None:
             pad_token_id = self.config.pad_token_id
         if kwargs.get("stop") is None:

@@ -43,6 +43,9 @@ def register(sub) -> None:
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable); never printed")
     p.add_argument("--logprobs", type=int, default=None, metavar="N",
                    help="with --json: each new token's logprob and its N (0-20) best alternatives")
+    p.add_argument("--json-schema", metavar="FILE", default=None,
+                   help="constrain the output to JSON valid against this JSON schema file ('{}' in it: any object)")
+    p.add_argument("--regex", default=None, help="constrain the output to match this regular expression")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -63,6 +66,12 @@ def _check(args: argparse.Namespace) -> tuple:
         raise UsageError("--stream and --json are exclusive")
     if args.num_beams > 1 and args.stop:
         raise UsageError("--stop is not supported with --num-beams > 1")
+    if args.json_schema is not None and args.regex is not None:
+        raise UsageError("--json-schema and --regex are exclusive")
+    if (args.json_schema is not None or args.regex is not None) and args.num_beams > 1:
+        raise UsageError("--json-schema / --regex are not supported with --num-beams > 1")
+    if args.regex is not None and not args.regex:
+        raise UsageError("--regex is empty")
     if args.logprobs is not None:
         if not args.json:
             raise UsageError("--logprobs needs --json")
@@ -77,7 +86,25 @@ def _check(args: argparse.Namespace) -> tuple:
     batch = dict(num_beams=args.num_beams, num_return_sequences=args.num_return_sequences)
     if args.num_beams > 1:
         batch["length_penalty"] = args.length_penalty
+    if args.json_schema is not None:
+        batch["json_schema"] = _read_schema(args.json_schema)
+    if args.regex is not None:
+        batch["regex"] = args.regex
     return params, batch
+
+
+def _read_schema(path: str) -> dict:
+    """The --json-schema file's schema (a JSON object), or one line saying what is wrong with it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            schema = json.load(f)
+    except OSError as e:
+        raise UsageError(f"--json-schema: cannot read {path}: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"--json-schema: {path} is not valid JSON: {e}") from None
+    if not isinstance(schema, dict):
+        raise UsageError(f"--json-schema: {path} must hold a JSON object (a JSON schema)")
+    return schema
 
 
 def _logprob_entries(tok, res, row: int) -> list[dict]:
@@ -111,6 +138,13 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "cpu":
         warm_kernels()
     x = model.encode_prompt(args.prompt, chat=args.chat)
+    constrained = {k: batch.pop(k) for k in ("json_schema", "regex") if k in batch}
+    if constrained:  # compiled against this model's tokenizer: an invalid schema is the user's mistake
+        try:
+            cfg = model.generation_config(sampling=params, **constrained)
+        except ValueError as e:
+            raise UsageError(f"--{next(iter(constrained)).replace('_', '-')}: {e}") from None
+        params = cfg.params
     if args.stream:
         with phase("generate"):
             for delta in model.stream(x, sampling=params):

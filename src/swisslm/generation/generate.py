@@ -146,7 +146,11 @@ def decode_steps(
             seen = torch.cat([torch.where(pad_prompt, seen_fill, ids), new], 1)
         if p.no_repeat_ngram_size:
             ngram = torch.cat([ids.masked_fill(pad_prompt, -1), new], 1)
-        scores = row_scores(logits, p, step=step, eos_ids=stop_ids, seen=seen, ngram_seq=ngram, generated=new)
+        masked = logits
+        if p.constraint is not None:  # each live row's grammar masks its own logits first
+            masked = torch.cat([logits[r : r + 1] if row.finished else row.constrain(logits[r : r + 1])
+                                for r, row in enumerate(rows)])
+        scores = row_scores(masked, p, step=step, eos_ids=stop_ids, seen=seen, ngram_seq=ngram, generated=new)
         tok = torch.where(finished, fill, choose_tokens(scores, p.greedy, gens))
         out[:, T + step] = tok
         lp = top_ids = top_lp = None
@@ -183,6 +187,8 @@ def run(
     """Generate and return a GenerationResult (beam search when config.num_beams > 1)."""
     cfg = config or GenerationConfig()
     if cfg.num_beams > 1:
+        if cfg.params.constraint is not None:
+            raise ValueError("a JSON schema / regex constraint is not supported with num_beams > 1")
         return beam_search(model, input_ids, attention_mask, cfg, tokenizer)
     B0, T = input_ids.shape
     N = B0 * cfg.num_return_sequences

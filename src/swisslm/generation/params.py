@@ -38,6 +38,8 @@ class SamplingParams:
     top_k: int = field(default=0, metadata=_cli("sample from the k most likely tokens (0 = all)"))
     top_p: float = field(default=1.0, metadata=_cli("nucleus sampling: smallest set of tokens with this mass"))
     min_p: float = field(default=0.0, metadata=_cli("drop tokens below min_p x the top token's probability"))
+    typical_p: float = field(default=1.0, metadata=_cli("locally typical sampling: keep this mass of the tokens "
+                                                        "closest to the expected information (1 = off)"))
     repetition_penalty: float = field(default=1.0, metadata=_cli("> 1 discourages tokens already seen"))
     seed: int | None = field(default=None, metadata=_cli("seed of this row's random generator"))
     min_new_tokens: int = 0  # EOS is masked until this many tokens exist (HF's MinNewTokens)
@@ -50,6 +52,10 @@ class SamplingParams:
     ignore_eos: bool = False  # EOS neither ends the row nor is masked (benchmarks)
     logprobs: int | None = None  # None: off; n >= 0: chosen token's logprob + n best alternatives
     skip_special_tokens: bool = True  # special tokens are left out of the text
+    prompt_logprobs: int | None = None  # serving: each prompt token's logprob + n best alternatives
+    # A compiled grammar (generation/constrained.py Grammar) every row must follow: JSON schema,
+    # JSON object or regex. Each row keeps its own parser state; EOS only where it is complete.
+    constraint: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -65,6 +71,7 @@ class SamplingParams:
         _check(isinstance(self.top_k, int) and self.top_k >= 0, "top_k", ">= 0", self.top_k)
         _check(_finite(self.top_p) and 0.0 < self.top_p <= 1.0, "top_p", "in (0, 1]", self.top_p)
         _check(_finite(self.min_p) and 0.0 <= self.min_p <= 1.0, "min_p", "in [0, 1]", self.min_p)
+        _check(_finite(self.typical_p) and 0.0 < self.typical_p <= 1.0, "typical_p", "in (0, 1]", self.typical_p)
         _check(_finite(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty", "> 0",
                self.repetition_penalty)
         _check(isinstance(self.no_repeat_ngram_size, int) and self.no_repeat_ngram_size >= 0,
@@ -74,6 +81,9 @@ class SamplingParams:
         _check(self.seed is None or isinstance(self.seed, int), "seed", "an integer", self.seed)
         _check(self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= MAX_TOP_LOGPROBS),
                "logprobs", f"in [0, {MAX_TOP_LOGPROBS}]", self.logprobs)
+        _check(self.prompt_logprobs is None or (isinstance(self.prompt_logprobs, int)
+                                                and 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS),
+               "prompt_logprobs", f"in [0, {MAX_TOP_LOGPROBS}]", self.prompt_logprobs)
         if self.logit_bias:
             self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
             _check(all(k >= 0 and _finite(v) for k, v in self.logit_bias.items()), "logit_bias",
@@ -89,7 +99,7 @@ class SamplingParams:
         such rows share one batched argmax)."""
         return (self.greedy and self.repetition_penalty == 1.0 and not self.presence_penalty
                 and not self.frequency_penalty and not self.logit_bias and not self.no_repeat_ngram_size
-                and not self.min_new_tokens)
+                and not self.min_new_tokens and self.constraint is None)
 
 
 def _finite(x: Any) -> bool:
@@ -111,7 +121,7 @@ def _cli_fields() -> list:
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
     """Add one flag per CLI field of SamplingParams (--max-new-tokens, --temperature, --top-k,
-    --top-p, --min-p, --repetition-penalty, --seed), typed and defaulted from the record."""
+    --top-p, --min-p, --typical-p, --repetition-penalty, --seed), typed and defaulted from the record."""
     for f in _cli_fields():
         default = f.default if f.default is not MISSING else None
         kind = int if str(f.type).startswith("int") else float

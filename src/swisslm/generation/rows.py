@@ -12,7 +12,10 @@ on their own:
 - text arrives as UTF-8-complete deltas (`TextDeltas`), the tail is released when the row ends;
 - the chosen token's logprob and top-n alternatives are kept when the params ask for them;
 - reaching max_new_tokens (or a limit the caller names, such as the context length) ends the
-  row with "length".
+  row with "length";
+- a grammar (`params.constraint`, constrained.py) gets its own parser state per row:
+  `constrain(logits)` masks what the grammar forbids before the sampling processors run, each
+  pushed token advances it, and a row whose grammar admits nothing more ends with "stop".
 
 Token choice itself is batched over rows in sampling.py (`row_scores` + `choose_tokens`).
 """
@@ -77,6 +80,11 @@ class RowDecoder:
         self.stop_ids = stop_token_set(p, self.eos_ids)
         self._deltas = TextDeltas(self.tokenizer, p.skip_special_tokens) if self.tokenizer is not None else None
         self._stops = StopStrings(p.stop)
+        self.constraint = p.constraint.row() if p.constraint is not None else None
+
+    def constrain(self, logits: Any) -> Any:
+        """The row's logits (1, V) with what its grammar forbids next at -inf (as is without one)."""
+        return logits if self.constraint is None else self.constraint.mask(logits)
 
     @property
     def finished(self) -> bool:
@@ -95,12 +103,19 @@ class RowDecoder:
             self.logprobs.append(float(logprob))
             self.top_logprobs.append(list(top or []))
             ev.logprob, ev.top_logprobs = float(logprob), self.top_logprobs[-1]
+        grammar_done = False
+        if self.constraint is not None and token_id not in self.stop_ids:
+            # a token the grammar rejects cannot be sampled (it was masked); if the caller forced
+            # one anyway the row cannot continue validly, so it ends here
+            grammar_done = not self.constraint.advance(token_id) or self.constraint.done
         if token_id in self.stop_ids:
             ev.finish_reason, ev.stop_reason = "stop", token_id  # the stop token's text is not shown
         elif self._deltas is not None:
             ev.text = self._stops.push(self._deltas.push(token_id))
             if self._stops.hit is not None:
                 ev.finish_reason, ev.stop_reason = "stop", self._stops.hit.stop
+        if ev.finish_reason is None and grammar_done:
+            ev.finish_reason = "stop"  # the grammar is complete: only EOS could follow
         if ev.finish_reason is None and (at_limit or len(self.token_ids) >= self.params.max_new_tokens):
             ev.finish_reason = "length"
         if ev.finish_reason is not None:

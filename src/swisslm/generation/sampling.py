@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """Logits processors and token choice, in HF's order: repetition penalty, then temperature,
-top-k, top-p, min-p. All are pure tensor functions of (B, V) logits. `row_scores` applies a
+top-k, top-p, min-p, typical-p. All are pure tensor functions of (B, V) logits. `row_scores` applies a
 `SamplingParams` record to rows that share it and `choose_tokens` picks their tokens: the one
 token-choice path of generate(), stream() and the serving engine."""
 
@@ -51,6 +51,24 @@ def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, float("-inf"))
 
 
+def apply_typical_p(logits: torch.Tensor, mass: float) -> torch.Tensor:
+    """Locally typical sampling (Meister et al. 2022; HF's TypicalLogitsWarper): rank tokens by how
+    far their information -log p is from the distribution's entropy, keep the closest ones until
+    their probability reaches `mass` (at least one). Tokens already at -inf stay out."""
+    if mass >= 1.0:
+        return logits
+    logp = logits.log_softmax(-1)
+    p = logp.exp()
+    entropy = -(logp * p).nansum(-1, keepdim=True)  # -inf * 0 = nan: an excluded token adds nothing
+    distance = (-logp - entropy).abs()
+    sorted_dist, order = torch.sort(distance, descending=False)
+    cum = logits.gather(-1, order).softmax(-1).cumsum(-1)
+    last = (cum < mass).sum(-1, keepdim=True).clamp(max=logits.shape[-1] - 1)
+    remove = sorted_dist > sorted_dist.gather(-1, last)
+    remove[:, 0] = False
+    return logits.masked_fill(remove.scatter(1, order, remove), float("-inf"))
+
+
 def apply_no_repeat_ngram(logits: torch.Tensor, seq: torch.Tensor, n: int) -> torch.Tensor:
     """Ban every token that would complete an n-gram already present in `seq` (B, L) (HF's
     NoRepeatNGramLogitsProcessor, vectorised the same way). Positions holding -1 (left padding
@@ -76,6 +94,7 @@ def process_logits(
     top_k: int = 0,
     top_p: float = 1.0,
     min_p: float = 0.0,
+    typical_p: float = 1.0,
     repetition_penalty: float = 1.0,
     do_sample: bool = True,
     no_repeat_ngram_size: int = 0,
@@ -94,7 +113,8 @@ def process_logits(
         logits = logits / temperature
     logits = apply_top_k(logits, top_k)
     logits = apply_top_p(logits, top_p)
-    return apply_min_p(logits, min_p)
+    logits = apply_min_p(logits, min_p)
+    return apply_typical_p(logits, typical_p)
 
 
 def row_scores(
@@ -129,7 +149,7 @@ def row_scores(
         counts.scatter_add_(1, generated.clamp(min=0).long(), valid.to(logits.dtype))
         logits = logits - p.frequency_penalty * counts - p.presence_penalty * (counts > 0).to(logits.dtype)
     return process_logits(logits, seen, temperature=p.temperature if not p.greedy else 1.0, top_k=p.top_k,
-                          top_p=p.top_p, min_p=p.min_p, repetition_penalty=p.repetition_penalty,
+                          top_p=p.top_p, min_p=p.min_p, typical_p=p.typical_p, repetition_penalty=p.repetition_penalty,
                           do_sample=not p.greedy, no_repeat_ngram_size=p.no_repeat_ngram_size, ngram_seq=ngram_seq)
 
 

@@ -15,9 +15,11 @@ import asyncio
 import base64
 import json
 import logging
+import random
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from .engine import Engine, EngineStoppedError, QueueFullError, Sequence, TokenE
 from .errors import APIError, BodyLimitMiddleware, MetricsMiddleware, error_json, error_payload
 from .metrics import Metrics
 from .schemas import (
+    MAX_STOP,
     AssistantMessage,
     ChatChoice,
     ChatCompletionRequest,
@@ -58,6 +61,11 @@ from .schemas import (
     HFParameters,
     ModelCard,
     ModelList,
+    ResponseFormat,
+    SentencePair,
+    TGIError,
+    TGIGenerateRequest,
+    TGIInfo,
     TopLogprob,
     Usage,
 )
@@ -67,11 +75,22 @@ logger = logging.getLogger(__name__)
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 503)
 }
-# Generation endpoints answer JSON, or an SSE stream when the body says "stream": true.
-STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **ERROR_RESPONSES, 200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+# Generation endpoints answer JSON, or an SSE stream when the body says "stream": true. Before
+# OpenAPI 3.2 (itemSchema) a text/event-stream schema describes one event: its fields, data a
+# JSON text.
+SSE_EVENT = {"text/event-stream": {"schema": {"type": "object", "properties": {
+    "data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}}}}}
+STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {**ERROR_RESPONSES, 200: {"content": SSE_EVENT}}
+# TGI's routes answer errors as TGI does: {"error", "error_type"}, 422 for a request it refuses
+# (what InferenceClient parses); the outer middlewares' 401 / 413 keep the OpenAI shape.
+TGI_PATHS = frozenset({"/", "/generate", "/generate_stream"})
+TGI_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **{code: {"model": ErrorResponse} for code in (401, 413)},
+    **{code: {"model": TGIError} for code in (404, 422, 429, 503)},
 }
+TGI_STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {**TGI_RESPONSES, 200: {"content": SSE_EVENT}}
 HF_DEFAULT_MAX_NEW_TOKENS = 100  # InferenceClient documents this default
+MAX_BEST_OF = 8
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's legacy completions default
 
 
@@ -81,6 +100,7 @@ class ServerSettings:
     max_tokens: int = 4096  # cap on max_tokens / max_new_tokens per request
     max_body_bytes: int = 1 << 20
     api_key: str | None = None
+    adapters: tuple[str, ...] = ()  # names a request's model may pick besides model_name (LoRA)
 
 
 def create_app(
@@ -140,9 +160,10 @@ def _document(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            for item in spec.get("paths", {}).values():
+            for path, item in spec.get("paths", {}).items():
                 for op in item.values():
-                    op.get("responses", {}).pop("422", None)
+                    if path not in TGI_PATHS:
+                        op.get("responses", {}).pop("422", None)
             schemas = spec.get("components", {}).get("schemas", {})
             schemas.pop("HTTPValidationError", None)
             schemas.pop("ValidationError", None)
@@ -169,23 +190,38 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def _api_error(_req: Request, exc: APIError) -> JSONResponse:
+    async def _api_error(req: Request, exc: APIError) -> JSONResponse:
+        if req.url.path in TGI_PATHS:
+            return _tgi_error(exc.status, exc.message, exc.type)
         return error_json(exc.status, exc.message, exc.type, exc.code, exc.param)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(req: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
+        if req.url.path in TGI_PATHS:
+            return _tgi_error(422, message, "invalid_request_error")
         return error_json(400, message, "invalid_request_error", None, param)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        if req.url.path in TGI_PATHS and exc.status_code == 400:  # e.g. a body that is not UTF-8
+            return _tgi_error(400, str(exc.detail), kind)
         return error_json(exc.status_code, str(exc.detail), kind, None, None, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _internal(_req: Request, exc: Exception) -> JSONResponse:  # a bug: log it, answer cleanly
         logger.exception("unhandled error")
         return error_json(500, "internal server error", "server_error", None, None)
+
+
+def _tgi_error(status: int, message: str, kind: str) -> JSONResponse:
+    """TGI's error body; a refused request (400 elsewhere) is TGI's 422 "validation"."""
+    if status == 400:
+        status, kind = 422, "validation"
+    elif status == 429:
+        kind = "overloaded"
+    return JSONResponse({"error": message, "error_type": kind}, status_code=status)
 
 
 # -- the server's logic -------------------------------------------------------------------------
@@ -218,25 +254,40 @@ class _Server:
             if self.pooling.max_seq_length:
                 self.context_len = min(self.context_len, self.pooling.max_seq_length)
         self.token_text: Callable[[int], str] = lru_cache(maxsize=1 << 16)(self._token_text)
+        self._grammars: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
     def _token_text(self, token_id: int) -> str:
         return self.tok.decode([token_id], skip_special_tokens=False)
 
     # -- checks ---------------------------------------------------------------------------------
-    def check_model(self, name: str | None) -> str | None:
-        """The LoRA adapter a request's `model` names (None: the base model); 404 for others."""
-        adapter = self.engine.resolve_model(name) if self.engine is not None else None
-        if adapter is not None:
-            return adapter
-        if name is not None and name != self.settings.model_name:
-            raise APIError(404, f"the model '{name[:200]}' does not exist; this server serves "
-                           f"'{self.settings.model_name}'", "not_found_error", "model_not_found", "model")
+    def adapters(self) -> tuple[str, ...]:
+        """The LoRA adapters a request's model name may pick besides the base model."""
+        if self.engine is not None and self.engine.adapters:
+            return tuple(self.engine.adapters)
+        return tuple(self.settings.adapters)
+
+    def resolve_model(self, name: str | None, strict: bool = False) -> str | None:
+        """The LoRA adapter a request's model name picks, None for the base model. A server of one
+        model answers to any name (huggingface_hub's InferenceClient sends "dummy" or "tgi");
+        with adapters, or `strict`, a name that matches nothing is a 404."""
+        served, adapters = self.settings.model_name, self.adapters()
+        if name is None or name == served:
+            return None
+        if name in adapters:
+            return name
+        if strict or adapters:
+            known = ", ".join(f"'{n}'" for n in (served, *adapters))
+            raise APIError(404, f"the model '{name[:200]}' does not exist; this server serves {known}",
+                           "not_found_error", "model_not_found", "model")
         return None
+
+    check_model = resolve_model
 
     def require_engine(self, endpoint: str) -> Engine:
         if self.engine is None:
-            raise APIError(400, f"the model '{self.settings.model_name}' is an encoder; it serves /v1/embeddings, "
-                           f"not {endpoint}", code="model_not_supported", param="model")
+            raise APIError(400, f"the model '{self.settings.model_name}' is an encoder; it serves /v1/embeddings "
+                           f"and POST / (feature-extraction, sentence-similarity), not {endpoint}",
+                           code="model_not_supported", param="model")
         if not self.engine.alive:
             raise APIError(503, "the generation engine is not running", "server_error", "engine_stopped")
         return self.engine
@@ -281,12 +332,14 @@ class _Server:
             out[tid] = v
         return out
 
-    def params(self, req: Any, max_tokens: int, index: int, logprobs: int | None) -> SamplingParams:
+    def params(self, req: Any, max_tokens: int, index: int, logprobs: int | None, constraint: Any = None,
+               prompt_logprobs: int | None = None) -> SamplingParams:
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         seed = req.seed + index if req.seed is not None and index else req.seed
         return SamplingParams(
             max_new_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
             top_p=req.top_p or 1.0, top_k=max(req.top_k or 0, 0), min_p=req.min_p or 0.0,
+            typical_p=req.typical_p or 1.0, constraint=constraint, prompt_logprobs=prompt_logprobs,
             repetition_penalty=req.repetition_penalty or 1.0, presence_penalty=req.presence_penalty or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0, logit_bias=self.logit_bias(req.logit_bias),
             seed=None if seed is None else seed % 2**64, stop=stop, ignore_eos=req.ignore_eos, logprobs=logprobs)
@@ -376,6 +429,23 @@ class _Server:
                 for i, lp in ev.top_logprobs or []]
         return ChatTokenLogprob(token=text, logprob=ev.logprob, bytes=list(text.encode()), top_logprobs=tops)
 
+    def echo_logprobs(self, seq: Sequence, generated: CompletionLogprobs) -> CompletionLogprobs:
+        """The prompt's tokens (logprobs from the engine's prefill) ahead of the generated ones."""
+        lp, offset = CompletionLogprobs(), 0
+        scored = [(None, [])] + list(seq.prompt_logprobs)
+        for t, (value, top) in zip(seq.prompt_ids, scored):
+            text = self.token_text(t)
+            lp.tokens.append(text)
+            lp.token_logprobs.append(value)
+            lp.top_logprobs.append({self.token_text(i): v for i, v in top} if value is not None else None)
+            lp.text_offset.append(offset)
+            offset += len(text)
+        lp.tokens += generated.tokens
+        lp.token_logprobs += generated.token_logprobs
+        lp.top_logprobs += generated.top_logprobs
+        lp.text_offset += generated.text_offset
+        return lp
+
     def completion_logprobs(self, evs: list[TokenEvent], offset: int) -> CompletionLogprobs:
         lp = CompletionLogprobs()
         for ev in evs:
@@ -389,8 +459,43 @@ class _Server:
             offset += len(text)
         return lp
 
+    # -- structured output ----------------------------------------------------------------------
+    async def grammar(self, kind: str, value: Any, param: str) -> Any:
+        """A compiled Grammar (generation/constrained.py), cached by its text: compiling checks the
+        schema / regex (a bad one is the request's fault) and runs off the event loop."""
+        from ..generation.constrained import grammar_from_request
+
+        key = (kind, json.dumps(value, sort_keys=True))
+        g = self._grammars.get(key)
+        if g is None:
+            engine = self.require_engine(param)
+            try:
+                g = await run_in_threadpool(grammar_from_request, kind, value, self.tok, self.vocab_size,
+                                            engine.eos_ids)
+            except ValueError as e:
+                raise APIError(400, str(e), param=param) from None
+            self._grammars[key] = g
+            while len(self._grammars) > 64:
+                self._grammars.popitem(last=False)
+        else:
+            self._grammars.move_to_end(key)
+        return g
+
+    async def response_format(self, fmt: ResponseFormat | None) -> Any:
+        """OpenAI's response_format (and TGI's {"type": "json_object", "value": schema}) -> Grammar."""
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_schema":
+            schema = fmt.json_schema.schema_ if fmt.json_schema is not None else None
+            if schema is None:
+                raise APIError(400, "response_format json_schema needs json_schema.schema", param="response_format")
+            return await self.grammar("json", schema, "response_format")
+        if fmt.value is not None:
+            return await self.grammar("json", fmt.value, "response_format")
+        return await self.grammar("json_object", None, "response_format")
+
     # -- embeddings -----------------------------------------------------------------------------
-    def embed(self, batch: list[list[int]]) -> list[list[float]]:
+    def embed(self, batch: list[list[int]], normalize: bool | None = None) -> list[list[float]]:
         """Sentence embeddings as `swisslm embed` and sentence-transformers compute them: the pooling
         (mean or CLS) and normalisation the model folder declares (modules.json), over the real
         tokens of a right-padded batch. Runs in a worker thread, one batch at a time."""
@@ -407,7 +512,7 @@ class _Server:
         with self._embed_lock, torch.inference_mode():
             h = self.model(ids, attention_mask=mask).last_hidden_state  # (B, T, C)
         pool = mean_pool if self.pooling.mode == "mean" else cls_pool
-        return pool(h, mask, self.pooling.normalize).tolist()
+        return pool(h, mask, self.pooling.normalize if normalize is None else normalize).tolist()
 
 
 async def _watch_disconnect(request: Request, seqs: list[Sequence]) -> None:
@@ -452,7 +557,7 @@ def _routes(app: FastAPI, srv: _Server) -> None:
 
     @app.get("/v1/models/{model_id}", response_model=ModelCard, responses=ERROR_RESPONSES)
     async def model_card(model_id: str) -> ModelCard:
-        adapter = srv.check_model(model_id)
+        adapter = srv.check_model(model_id, strict=True)
         return ModelCard(id=adapter or settings.model_name, created=srv.created, max_model_len=srv.context_len)
 
     @app.post("/v1/completions", response_model=CompletionResponse, responses=STREAM_RESPONSES)
@@ -465,11 +570,14 @@ def _routes(app: FastAPI, srv: _Server) -> None:
             raise APIError(400, "best_of other than n is not supported", param="best_of")
         if req.echo and req.stream:
             raise APIError(400, "echo cannot be combined with stream", param="echo")
+        constraint = await srv.response_format(req.response_format)
         prompts = srv.prompts(req.prompt)
+        # echo with logprobs scores the prompt too (its first token has none, as OpenAI's null)
+        prompt_lp = req.logprobs if req.echo and req.logprobs is not None else None
         jobs = []
         for ids, _ in prompts:
             budget = srv.budget(len(ids), req.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, "max_tokens")
-            jobs += [(ids, srv.params(req, budget, j, req.logprobs)) for j in range(req.n)]
+            jobs += [(ids, srv.params(req, budget, j, req.logprobs, constraint, prompt_lp)) for j in range(req.n)]
         seqs, q = srv.start(jobs, adapter)
         rid, created, name = f"cmpl-{uuid.uuid4().hex}", _now(), adapter or settings.model_name
         prompt_tokens = sum(len(ids) for ids, _ in prompts)
@@ -482,7 +590,11 @@ def _routes(app: FastAPI, srv: _Server) -> None:
             ids, text = prompts[i // req.n]
             head = (text if text is not None else srv.tok.decode(ids)) if req.echo else ""
             body = "".join(e.text for e in evs)
-            lp = srv.completion_logprobs(evs, len(head)) if req.logprobs is not None else None
+            lp = None
+            if req.logprobs is not None:
+                lp = srv.completion_logprobs(evs, len(head))
+                if prompt_lp is not None:
+                    lp = srv.echo_logprobs(seqs[i], lp)
             choices.append(CompletionChoice(index=i, text=head + body, logprobs=lp,
                                             finish_reason=_finish(evs)))
         completion_tokens = sum(len(s.output_ids) for s in seqs)
@@ -501,7 +613,8 @@ def _routes(app: FastAPI, srv: _Server) -> None:
         top = (req.top_logprobs or 0) if req.logprobs else None
         if req.top_logprobs and not req.logprobs:
             raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
-        seqs, q = srv.start([(ids, srv.params(req, budget, j, top)) for j in range(req.n)], adapter)
+        constraint = await srv.response_format(req.response_format)
+        seqs, q = srv.start([(ids, srv.params(req, budget, j, top, constraint)) for j in range(req.n)], adapter)
         rid, created, name = f"chatcmpl-{uuid.uuid4().hex}", _now(), adapter or settings.model_name
         if req.stream:
             return StreamingResponse(_stream_chat(srv, req, seqs, q, rid, created, name, len(ids)),
@@ -548,46 +661,269 @@ def _routes(app: FastAPI, srv: _Server) -> None:
         srv.metrics.prompt_tokens.inc(n)
         return EmbeddingResponse(data=data, model=settings.model_name, usage=Usage(prompt_tokens=n, total_tokens=n))
 
-    @app.post("/", response_model=list[HFGeneratedText], responses=STREAM_RESPONSES,
-              summary="HF inference API: text-generation")
-    async def hf_generate(req: HFGenerateRequest, request: Request) -> Any:
-        srv.require_engine("POST /")
+    @app.get("/", response_model=Health, summary="TGI / HF inference API health")
+    async def root_health() -> Health | JSONResponse:
+        return await health()
+
+    @app.get("/info", response_model=TGIInfo)
+    async def info() -> TGIInfo:
+        engine = srv.engine
+        return TGIInfo(
+            model_id=settings.model_name, model_sha=None, model_dtype=str(next(srv.model.parameters()).dtype),
+            model_device_type=next(srv.model.parameters()).device.type,
+            model_pipeline_tag="text-generation" if engine is not None else "feature-extraction",
+            max_concurrent_requests=engine.max_queue if engine else 64, max_best_of=MAX_BEST_OF,
+            max_stop_sequences=MAX_STOP, max_input_tokens=max(srv.context_len - 1, 1),
+            max_total_tokens=srv.context_len, max_client_batch_size=MAX_HF_BATCH, version=app.version)
+
+    @app.post("/", response_model=list[HFGeneratedText] | list[list[float]] | list[float],
+              responses=TGI_STREAM_RESPONSES,
+              summary="HF inference API: text-generation (causal LMs); feature-extraction and "
+                      "sentence-similarity (encoders)")
+    async def hf_root(req: HFGenerateRequest, request: Request) -> Any:
+        if srv.engine is None:
+            return await _hf_encoder(srv, req)
         p = req.parameters or HFParameters()
-        unknown = sorted(p.model_extra or {})
-        if unknown:  # huggingface_hub's InferenceClient retries without the parameters named like this
-            listed = ", ".join(f"'{k[:50]}'" for k in unknown[:20])
-            raise APIError(400, f"The following `model_kwargs` are not used by the model: [{listed}]",
-                           param="parameters")
-        ids = srv.tok.encode(req.inputs)
-        budget = srv.budget(len(ids), p.max_new_tokens, HF_DEFAULT_MAX_NEW_TOKENS, "max_new_tokens")
+        if isinstance(req.inputs, SentencePair):
+            raise APIError(400, "sentence-similarity needs an encoder model (e.g. all-MiniLM-L6-v2); this server "
+                           "generates text", param="inputs")
+        _no_encoder_fields(req)
+        inputs = [req.inputs] if isinstance(req.inputs, str) else list(req.inputs)
+        if len(inputs) > MAX_HF_BATCH:
+            raise APIError(400, f"at most {MAX_HF_BATCH} inputs per request, got {len(inputs)}", param="inputs")
+        if req.stream and len(inputs) > 1:
+            raise APIError(400, "stream needs a single input, not a list", param="inputs")
+        run = await _TGIRun.start(srv, inputs, p, req.stream)
+        if req.stream:
+            return run.stream()
+        return JSONResponse(await run.results(request))
+
+    @app.post("/generate", response_model=HFGeneratedText, responses=TGI_RESPONSES, summary="TGI: generate")
+    async def tgi_generate(req: TGIGenerateRequest, request: Request) -> Any:
+        run = await _TGIRun.start(srv, [req.inputs], req.parameters or HFParameters(), False)
+        return JSONResponse((await run.results(request))[0])
+
+    @app.post("/generate_stream", responses=TGI_STREAM_RESPONSES, summary="TGI: generate, streamed as SSE")
+    async def tgi_generate_stream(req: TGIGenerateRequest, request: Request) -> Any:
+        run = await _TGIRun.start(srv, [req.inputs], req.parameters or HFParameters(), True)
+        return run.stream()
+
+
+MAX_HF_BATCH = 64  # inputs per POST / request
+
+
+def _no_encoder_fields(req: HFGenerateRequest) -> None:
+    """Feature-extraction options on a text-generation request are a mistake, not something to drop."""
+    given = sorted(k for k in ("normalize", "truncate", "truncation_direction", "prompt_name", "dimensions",
+                               "encoding_format") if getattr(req, k) is not None)
+    if given:
+        raise APIError(400, f"{', '.join(given)}: feature-extraction options; this server generates text "
+                       "(TGI's truncate goes in parameters)", param=given[0])
+
+
+async def _hf_encoder(srv: _Server, req: HFGenerateRequest) -> JSONResponse:
+    """feature-extraction (list of vectors, one per input, as TEI answers) and sentence-similarity
+    (cosine of the source sentence with each sentence) on an encoder."""
+    if req.stream:
+        raise APIError(400, "an encoder does not stream", param="stream")
+    if req.parameters is not None and req.parameters.model_fields_set:
+        names = ", ".join(sorted(req.parameters.model_fields_set))
+        raise APIError(400, f"parameters {names} are for text generation; this model is an encoder",
+                       param="parameters")
+    if req.prompt_name is not None:
+        raise APIError(400, f"prompt_name '{req.prompt_name[:50]}' is not defined for this model", param="prompt_name")
+    width = srv.model.config.hidden_size
+    if req.dimensions is not None and req.dimensions != width:
+        raise APIError(400, f"dimensions must be the model's width ({width}); truncated embeddings are not "
+                       "supported", param="dimensions")
+    if req.encoding_format == "base64":
+        raise APIError(400, "encoding_format base64 is served on /v1/embeddings; POST / answers floats",
+                       param="encoding_format")
+    similarity = isinstance(req.inputs, SentencePair)
+    if similarity:
+        texts = [req.inputs.source_sentence, *req.inputs.sentences]
+    else:
+        texts = [req.inputs] if isinstance(req.inputs, str) else list(req.inputs)
+    left = (req.truncation_direction or "right").lower() == "left"
+    batch = []
+    for text in texts:
+        ids = srv.tok.encode(text)
+        if not ids:
+            raise APIError(400, "an input is empty", param="inputs")
+        if len(ids) > srv.context_len:
+            if not req.truncate:
+                raise APIError(400, f"an input has {len(ids)} tokens; this model takes at most {srv.context_len} "
+                               "(send truncate=true to cut it)", param="inputs")
+            ids = ids[-srv.context_len:] if left else ids[: srv.context_len]
+        batch.append(ids)
+    normalize = True if similarity else req.normalize
+    vectors: list[list[float]] = []
+    for start in range(0, len(batch), 64):
+        vectors += await run_in_threadpool(srv.embed, batch[start:start + 64], normalize)
+    srv.metrics.prompt_tokens.inc(sum(len(b) for b in batch))
+    if similarity:
+        src = torch.tensor(vectors[0])
+        return JSONResponse([float(torch.dot(src, torch.tensor(v))) for v in vectors[1:]])
+    return JSONResponse(vectors)
+
+
+class _TGIRun:
+    """One TGI text-generation request (POST /, /generate, /generate_stream): its sequences and
+    the shape of its answer (details, top_tokens, prefill, best_of_sequences)."""
+
+    def __init__(self, srv: _Server, p: HFParameters, prompts: list[list[int]], heads: list[str],
+                 seed: int | None, n: int, best_of: int) -> None:
+        self.srv, self.p, self.prompts, self.heads, self.seed = srv, p, prompts, heads, seed
+        self.n, self.best_of = n, best_of
+        self.seqs: list[Sequence] = []
+        self.q: asyncio.Queue | None = None
+
+    @classmethod
+    async def start(cls, srv: _Server, inputs: list[str], p: HFParameters, stream: bool) -> _TGIRun:
+        srv.require_engine("POST /")
+        if p.watermark:
+            raise APIError(400, "watermark is not supported by this server (no watermarking logits processor); "
+                           "send watermark=false", param="watermark")
+        adapter = srv.resolve_model(p.adapter_id)  # TGI's adapter_id picks a served LoRA adapter
+        if stream and p.decoder_input_details:  # TGI's rule: the stream has no place for the prefill
+            raise APIError(400, "decoder_input_details is not supported when streaming tokens",
+                           param="decoder_input_details")
         # TGI's rule: sample when asked to, or when a sampling knob is set; else greedy.
         do_sample = p.do_sample if p.do_sample is not None else any(
-            v is not None for v in (p.temperature, p.top_k, p.top_p))
-        temperature = (p.temperature if p.temperature not in (None, 0.0) else 1.0) if do_sample else 0.0
+            v is not None for v in (p.temperature, p.top_k, p.top_p, p.typical_p))
+        best_of = p.best_of or 1
         n = p.num_return_sequences or 1
-        want_lp = 0 if (p.details or req.stream) else None
-        if p.top_n_tokens:
-            want_lp = p.top_n_tokens
-        jobs = []
-        for j in range(n):
-            seed = None if p.seed is None else (p.seed + j) % 2**64
-            jobs.append((ids, SamplingParams(
-                max_new_tokens=budget, temperature=temperature, top_k=p.top_k or 0, top_p=p.top_p or 1.0,
-                repetition_penalty=p.repetition_penalty or 1.0, seed=seed,
-                stop=list(p.stop or []) + list(p.stop_sequences or []), logprobs=want_lp)))
-        seqs, q = srv.start(jobs)
-        head = req.inputs if p.return_full_text else ""
-        if req.stream:
-            return StreamingResponse(_stream_tgi(srv, seqs, q, head, p.seed), media_type="text/event-stream",
-                                     headers=_SSE_HEADERS)
-        results = await srv.collect(request, seqs, q)
+        if best_of > 1:
+            if best_of > MAX_BEST_OF:
+                raise APIError(400, f"best_of must be <= {MAX_BEST_OF}, got {best_of}", param="best_of")
+            if not do_sample:
+                raise APIError(400, "best_of > 1 needs sampling (do_sample=true or a sampling parameter)",
+                               param="best_of")
+            if p.seed is not None:
+                raise APIError(400, "seed must not be set when best_of > 1 (each candidate draws its own)",
+                               param="seed")
+            if stream:
+                raise APIError(400, "best_of > 1 is not supported when streaming tokens", param="best_of")
+            if n > 1:
+                raise APIError(400, "best_of and num_return_sequences cannot be combined", param="best_of")
+        constraint = None
+        if p.grammar is not None:
+            kind = "json" if p.grammar.type == "json_object" else p.grammar.type
+            if kind == "regex" and not isinstance(p.grammar.value, str):
+                raise APIError(400, "a regex grammar's value must be a string", param="grammar")
+            constraint = await srv.grammar(kind, p.grammar.value, "grammar")
+        temperature = (p.temperature if p.temperature not in (None, 0.0) else 1.0) if do_sample else 0.0
+        # A sampled request without a seed gets one, reported in details as TGI does (reproducible).
+        seed = p.seed if p.seed is not None or not do_sample else random.randrange(2**63)
+        want_lp = (p.top_n_tokens or 0) if (p.details or stream or best_of > 1 or p.top_n_tokens) else None
+        prompt_lp = 0 if (p.decoder_input_details and p.details) else None
+        prompts, heads, jobs = [], [], []
+        copies = max(n, best_of)
+        for text in inputs:
+            ids = srv.tok.encode(text)
+            if p.truncate is not None and len(ids) > p.truncate:
+                ids = ids[-p.truncate:]  # TGI keeps the last `truncate` tokens
+            budget = srv.budget(len(ids), p.max_new_tokens, HF_DEFAULT_MAX_NEW_TOKENS, "max_new_tokens")
+            prompts.append(ids)
+            heads.append(text if p.return_full_text else "")
+            for j in range(copies):
+                row_seed = None if seed is None else (seed + j) % 2**64
+                try:
+                    params = SamplingParams(
+                        max_new_tokens=budget, temperature=temperature, top_k=p.top_k or 0, top_p=p.top_p or 1.0,
+                        typical_p=p.typical_p or 1.0, repetition_penalty=p.repetition_penalty or 1.0,
+                        frequency_penalty=p.frequency_penalty or 0.0, seed=row_seed,
+                        stop=list(p.stop or []) + list(p.stop_sequences or []), logprobs=want_lp,
+                        prompt_logprobs=prompt_lp, constraint=constraint)
+                except ValueError as e:
+                    raise APIError(400, str(e), param="parameters") from None
+                jobs.append((ids, params))
+        run = cls(srv, p, prompts, heads, seed, n, best_of)
+        run.seqs, run.q = srv.start(jobs, adapter)
+        return run
+
+    # -- answers ---------------------------------------------------------------------------------
+    def token(self, token_id: int, logprob: float | None, text: str | None = None) -> dict[str, Any]:
+        srv = self.srv
+        return {"id": token_id, "text": srv.token_text(token_id) if text is None else text, "logprob": logprob,
+                "special": token_id in srv.engine.eos_ids}
+
+    def top_tokens(self, ev: TokenEvent) -> list[dict[str, Any]]:
+        return [self.token(i, lp) for i, lp in (ev.top_logprobs or [])]
+
+    def details(self, seq: Sequence, evs: list[TokenEvent], index: int) -> dict[str, Any]:
+        toks = [e for e in evs if e.token_id is not None]
+        prefill = []
+        if self.p.decoder_input_details:
+            ids = seq.prompt_ids
+            lps = [None] + [lp for lp, _ in seq.prompt_logprobs]
+            prefill = [{"id": t, "text": self.srv.token_text(t), "logprob": lp} for t, lp in zip(ids, lps)]
+        out: dict[str, Any] = {
+            "finish_reason": _tgi_finish(evs), "generated_tokens": len(toks),
+            "seed": None if self.seed is None else (self.seed + index) % 2**64, "prefill": prefill,
+            "tokens": [self.token(e.token_id, e.logprob) for e in toks]}
+        if self.p.top_n_tokens:
+            out["top_tokens"] = [self.top_tokens(e) for e in toks]
+        return out
+
+    async def results(self, request: Request) -> list[dict[str, Any]]:
+        """One answer per input: the generated text (and details when asked for); best_of keeps
+        the candidate with the highest cumulative logprob, the others go to best_of_sequences;
+        num_return_sequences lists every sequence."""
+        assert self.q is not None
+        evs_all = await self.srv.collect(request, self.seqs, self.q)
+        copies = max(self.n, self.best_of)
         out = []
-        for evs in results:
-            item = HFGeneratedText(generated_text=head + "".join(e.text for e in evs))
-            if p.details:
-                item.details = _tgi_details(srv, evs, p.seed)
-            out.append(item.model_dump(exclude_none=True))
-        return JSONResponse(out)
+        for i, head in enumerate(self.heads):
+            group = list(range(i * copies, (i + 1) * copies))
+            if self.best_of > 1:
+                score = {k: sum(e.logprob or 0.0 for e in evs_all[k] if e.token_id is not None) for k in group}
+                best = max(group, key=lambda k: score[k])
+                picks = [best]
+            else:
+                picks = group
+            for k in picks:
+                evs = evs_all[k]
+                item: dict[str, Any] = {"generated_text": head + "".join(e.text for e in evs)}
+                if self.p.details:
+                    item["details"] = self.details(self.seqs[k], evs, k - i * copies)
+                    if self.best_of > 1:
+                        item["details"]["best_of_sequences"] = [
+                            {"generated_text": head + "".join(e.text for e in evs_all[o]),
+                             **self.details(self.seqs[o], evs_all[o], o - i * copies)}
+                            for o in group if o != k]
+                out.append(item)
+        return out
+
+    def stream(self) -> StreamingResponse:
+        return StreamingResponse(self._events(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    async def _events(self) -> AsyncIterator[str]:
+        """TGI's stream: one event per token ({index, token, top_tokens, generated_text: null,
+        details: null}); the last carries generated_text and details (InferenceClient parses it)."""
+        async def gen() -> AsyncIterator[str]:
+            assert self.q is not None
+            seen: list[list[TokenEvent]] = [[] for _ in self.seqs]
+            async for i, ev in self.srv.events(self.seqs, self.q):
+                if ev.error:
+                    raise APIError(503, ev.error, "server_error", "engine_stopped")
+                seen[i].append(ev)
+                if ev.token_id is None:
+                    continue
+                out: dict[str, Any] = {"index": i, "token": self.token(ev.token_id, ev.logprob, ev.text),
+                                       "generated_text": None, "details": None}
+                if self.p.top_n_tokens:
+                    out["top_tokens"] = self.top_tokens(ev)
+                if ev.finish_reason is not None:
+                    out["generated_text"] = self.heads[0] + "".join(e.text for e in seen[i])
+                    out["details"] = {"finish_reason": _tgi_finish(seen[i]),
+                                      "generated_tokens": sum(e.token_id is not None for e in seen[i]),
+                                      "input_length": len(self.prompts[0]),
+                                      "seed": None if self.seed is None else (self.seed + i) % 2**64}
+                yield _sse(out)
+
+        async for c in _guarded(gen(), hf=True):
+            yield c
 
 
 def _finish(evs: list[TokenEvent]) -> str | None:
@@ -600,13 +936,6 @@ def _tgi_finish(evs: list[TokenEvent]) -> str:
     if last is not None and last.finish_reason == "stop":
         return "stop_sequence" if isinstance(last.stop_reason, str) else "eos_token"
     return "length"
-
-
-def _tgi_details(srv: _Server, evs: list[TokenEvent], seed: int | None) -> dict[str, Any]:
-    tokens = [{"id": e.token_id, "text": srv.token_text(e.token_id), "logprob": e.logprob,
-               "special": e.token_id in srv.engine.eos_ids} for e in evs if e.token_id is not None]
-    return {"finish_reason": _tgi_finish(evs), "generated_tokens": len(tokens), "seed": seed, "prefill": [],
-            "tokens": tokens}
 
 
 async def _guarded(gen: AsyncIterator[str], hf: bool = False) -> AsyncIterator[str]:
@@ -674,28 +1003,4 @@ async def _stream_chat(srv: _Server, req: ChatCompletionRequest, seqs: list[Sequ
         yield "data: [DONE]\n\n"
 
     async for c in _guarded(gen()):
-        yield c
-
-
-async def _stream_tgi(srv: _Server, seqs: list[Sequence], q: asyncio.Queue, head: str,
-                      seed: int | None) -> AsyncIterator[str]:
-    """TGI's stream shape, which InferenceClient.text_generation(stream=True) parses."""
-    async def gen() -> AsyncIterator[str]:
-        texts: list[list[TokenEvent]] = [[] for _ in seqs]
-        async for i, ev in srv.events(seqs, q):
-            if ev.error:
-                raise APIError(503, ev.error, "server_error", "engine_stopped")
-            texts[i].append(ev)
-            if ev.token_id is None:
-                continue
-            out: dict[str, Any] = {"index": i, "token": {"id": ev.token_id, "text": ev.text, "logprob": ev.logprob,
-                                                         "special": ev.token_id in srv.engine.eos_ids},
-                                   "generated_text": None, "details": None}
-            if ev.finish_reason is not None:
-                out["generated_text"] = head + "".join(e.text for e in texts[i])
-                out["details"] = {"finish_reason": _tgi_finish(texts[i]), "generated_tokens": len(texts[i]),
-                                  "seed": seed}
-            yield _sse(out)
-
-    async for c in _guarded(gen(), hf=True):
         yield c

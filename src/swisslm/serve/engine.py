@@ -119,6 +119,8 @@ class Sequence:
         self.cancelled = False
         self.finished = False
         self.arrival = time.perf_counter()
+        # (logprob, top alternatives) of prompt tokens 1.. when params.prompt_logprobs is set
+        self.prompt_logprobs: list[tuple[float, list[tuple[int, float]]]] = []
         self.first_token_time: float | None = None
         self.last_token_time: float | None = None
         # on the logits' device (the draw runs there)
@@ -382,6 +384,9 @@ class Engine:
             return True
         if not s.hashes:
             s.hashes = block_hashes(s.prompt_ids, pc.block_size, s.adapter)
+        if s.params.prompt_logprobs is not None:  # every prompt token's logits are wanted: compute all
+            s.started = True
+            return True
         n = pc.match(s.hashes)
         if n < len(s.hashes) and self._pending.get(s.hashes[n], s) is not s:
             return False
@@ -484,10 +489,15 @@ class Engine:
             index = torch.tensor(rows, device=self.device)
             self.model.bind_cache([c.rows(index, slots) for c in self._full_caches])
         self._set_adapters([s.adapter_index for s, _ in group])
+        want_any = any(s.params.prompt_logprobs is not None for s, _ in group)
         try:
-            out = self.model(tokens.to(self.device), input_pos=pos.to(self.device), num_logits_to_keep=1)
+            out = self.model(tokens.to(self.device), input_pos=pos.to(self.device),
+                             num_logits_to_keep=0 if want_any else 1)
         finally:
             self._set_adapters(None)
+        if want_any:
+            for i, (s, n) in enumerate(group):
+                self._prompt_logprobs(s, out.logits[i, T - n:], s.prefilled, n)
         real = sum(n for _, n in group)
         self.prefill_forwards += 1
         self.prefill_tokens += real
@@ -500,6 +510,18 @@ class Engine:
                 done.append((i, s.row, s))
         if done:
             self._sample_and_emit(done, out.logits[:, -1])
+
+    def _prompt_logprobs(self, seq: Sequence, logits: torch.Tensor, start: int, n: int) -> None:
+        """Record the logprobs (and top alternatives) of prompt tokens start+1 .. start+n from the
+        chunk's logits (logits[j] scores prompt token start + j + 1), when the request asked."""
+        want = seq.params.prompt_logprobs
+        k = min(start + n, len(seq.prompt_ids) - 1) - start
+        if want is None or k <= 0:
+            return
+        targets = torch.tensor(seq.prompt_ids[start + 1:start + 1 + k], device=logits.device)
+        lps, top_ids, top_lps = token_logprobs(logits[:k], targets, want)
+        seq.prompt_logprobs += [(lp, list(zip(i, v))) for lp, i, v in
+                                zip(lps.tolist(), top_ids.tolist(), top_lps.tolist())]
 
     def _decode(self, active: list[tuple[int, Sequence]]) -> None:
         rows = active[-1][0] + 1
@@ -537,6 +559,7 @@ class Engine:
     def _choose(self, s: Sequence, logits: torch.Tensor) -> torch.Tensor:
         """logits (1, V) of one row -> chosen token (1,), as generate() chooses it."""
         p = s.params
+        logits = s.decoder.constrain(logits)  # a grammar masks what it forbids before sampling
         seen = generated = None
         if p.repetition_penalty != 1.0 or p.no_repeat_ngram_size:
             seen = torch.tensor([s.prompt_ids + s.output_ids], device=logits.device)
