@@ -379,8 +379,8 @@ def test_sampling_keywords_and_refusals(tmp_path):
     out = ours.generate(ids, do_sample=True, temperature=0.7, top_k=10, top_p=0.9, num_return_sequences=2,
                         max_new_tokens=3, seed=0)
     assert out.shape == (4, 7) and torch.equal(out[:, :4], ids.repeat_interleave(2, 0))
-    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['typical_p'\]"):
-        ours.generate(ids, typical_p=0.5)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['guidance_scale'\]"):
+        ours.generate(ids, guidance_scale=1.5)
     with pytest.raises(ValueError, match="inputs_embeds"):
         ours.generate(inputs_embeds=torch.zeros(1, 2, 32))
     with pytest.warns(UserWarning, match="use_cache"):

@@ -124,7 +124,7 @@ class HFGenerationConfig:
 # swisslm's own (SamplingParams' fields, logprobs, seeds): Model.generate's keywords keep working.
 _GENERATE_MAPPED = frozenset({
     "min_new_tokens", "min_p", "no_repeat_ngram_size", "length_penalty", "early_stopping", "seed", "stop",
-    "stop_strings", "logprobs", "top_logprobs", "prompt_logprobs",
+    "stop_strings", "logprobs", "top_logprobs", "prompt_logprobs", "json_schema", "regex",
     *(f.name for f in dataclasses.fields(SamplingParams)),
 })
 # generate() keywords that change nothing here: accepted with a warning.

@@ -208,7 +208,8 @@ def _load_gguf_native(path: Path, device: str | torch.device, model_cls: type[M]
 
     reader = open_gguf(path)  # parse the header once for config, tensors and tokenizer
     hf = read_gguf_config(reader)
-    tokenizer = read_gguf_tokenizer(reader)
+    # a GGUF without a vocabulary (llama.cpp loads those too) has no tokenizer, like a bare HF folder
+    tokenizer = read_gguf_tokenizer(reader) if "tokenizer.ggml.model" in reader.fields else None
     fmt = SourceFormat("gguf", gguf_tensor_types(reader))
     family = family_for_hf_config(hf)
     cfg = family.config_from_hf(hf)
