@@ -26,12 +26,6 @@ SWL_AVX2_BEGIN
 
 #define GNB 4  // weight rows per register block
 
-static inline __m128 g_hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
-    __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
-    __m256 abcd = _mm256_hadd_ps(ab, cd);
-    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
-
 static inline __m256i g_load16(const int8_t *p) {  // 16 int8 -> 16 int16
     return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p));
 }
@@ -56,11 +50,50 @@ static void g_quantize_rows(const float *x, int16_t *xq, float *xs, int64_t M, i
     }
 }
 
-// Rows n0..n0+nb-1 (w, scales, mins at row n0) against every activation row; one activation row
-// per pass, so each row's arithmetic is the same whatever the batch (batch invariance).
-static void block_g8(const int16_t *xq, const float *xs, const int32_t *xg, const int8_t *w, const float *scales,
-                     const float *mins, const float *bias, float *y, int64_t M, int64_t K, int64_t N, int64_t n0,
-                     int nb, int64_t gs) {
+static inline __m128 g_hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
+    __m256 abcd = _mm256_hadd_ps(ab, cd);
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+// src rows [4][G] (row stride G) -> dst [G][4], so a group's 4 mins are one 128-bit load.
+static void g_transpose4(const float *const src[GNB], float *dst, int64_t G) {
+    int64_t g = 0;
+    for (; g + 4 <= G; g += 4) {
+        __m128 r0 = _mm_loadu_ps(src[0] + g), r1 = _mm_loadu_ps(src[1] + g);
+        __m128 r2 = _mm_loadu_ps(src[2] + g), r3 = _mm_loadu_ps(src[3] + g);
+        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+        _mm_storeu_ps(dst + g * 4, r0);
+        _mm_storeu_ps(dst + g * 4 + 4, r1);
+        _mm_storeu_ps(dst + g * 4 + 8, r2);
+        _mm_storeu_ps(dst + g * 4 + 12, r3);
+    }
+    for (; g < G; g++)
+        for (int i = 0; i < GNB; i++) dst[g * 4 + i] = src[i][g];
+}
+
+// One activation row's 4 outputs: lane sums, + the mins term, * the row's scale, + bias. Shared
+// by the one- and two-row loops, so a row's result does not depend on the batch.
+static inline void g_store(float *y, int64_t N, int64_t m, int64_t n0, int nb, __m128 r, const float *mt,
+                           const float *xg, int64_t G, float xs, const float *bias) {
+    if (mt) {  // sum_g min[n, g] * X[m, g], 4 rows at a time: one FMA per group
+        __m128 acc = _mm_setzero_ps();
+        for (int64_t g = 0; g < G; g++) acc = _mm_fmadd_ps(_mm_loadu_ps(mt + g * 4), _mm_set1_ps(xg[g]), acc);
+        r = _mm_add_ps(r, acc);
+    }
+    r = _mm_mul_ps(r, _mm_set1_ps(xs));
+    float t[4];
+    _mm_storeu_ps(t, r);
+    for (int i = 0; i < nb; i++) y[m * N + n0 + i] = bias ? t[i] + bias[n0 + i] : t[i];
+}
+
+// Rows n0..n0+nb-1 (w, scales, mins at row n0) against every activation row. xg: per activation
+// row and group the sum of its int16 activations (fp32, exact for gs <= 512; NULL without mins).
+// mt: per-thread scratch of 4 * G floats for the block's mins, group-major.
+static inline __attribute__((always_inline)) void block_g8(const int16_t *xq, const float *xs, const float *xg,
+                                                           const int8_t *w, const float *scales, const float *mins,
+                                                           const float *bias, float *y, int64_t M, int64_t K,
+                                                           int64_t N, int64_t n0, int nb, int64_t gs, float *mt) {
     const int64_t G = K / gs;
     const int8_t *r[GNB];
     const float *sc[GNB], *mn[GNB];
@@ -70,6 +103,7 @@ static void block_g8(const int16_t *xq, const float *xs, const int32_t *xg, cons
         sc[i] = scales + row * G;
         mn[i] = mins ? mins + row * G : NULL;
     }
+    if (mins) g_transpose4(mn, mt, G);
     const char *pf = (const char *)w + GNB * K;  // the next block: one sequential stream
     int64_t m = 0;
     for (; m + 2 <= M; m += 2) {  // two activation rows per loaded weight vector
@@ -105,23 +139,12 @@ static void block_g8(const int16_t *xq, const float *xs, const int32_t *xg, cons
             f12 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a12), s2, f12);
             f13 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a13), s3, f13);
         }
-        float t[2][4];
-        _mm_storeu_ps(t[0], g_hsum4(f00, f01, f02, f03));
-        _mm_storeu_ps(t[1], g_hsum4(f10, f11, f12, f13));
-        for (int j = 0; j < 2; j++)
-            for (int i = 0; i < nb; i++) {
-                float v = t[j][i];
-                if (mins) {
-                    float mterm = 0.0f;
-                    for (int64_t g = 0; g < G; g++) mterm += mn[i][g] * (float)xg[(m + j) * G + g];
-                    v += mterm;
-                }
-                v *= xs[m + j];
-                if (bias) v += bias[n0 + i];
-                y[(m + j) * N + n0 + i] = v;
-            }
+        g_store(y, N, m, n0, nb, g_hsum4(f00, f01, f02, f03), mins ? mt : NULL, xg ? xg + m * G : NULL, G, xs[m],
+                bias);
+        g_store(y, N, m + 1, n0, nb, g_hsum4(f10, f11, f12, f13), mins ? mt : NULL, xg ? xg + (m + 1) * G : NULL,
+                G, xs[m + 1], bias);
     }
-    for (; m < M; m++) {  // the pair loop's arithmetic for one row
+    for (; m < M; m++) {  // the same arithmetic per (row, weight row): batch-invariant
         const int16_t *x0 = xq + m * K;
         __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;
         for (int64_t g = 0; g < G; g++) {
@@ -139,20 +162,27 @@ static void block_g8(const int16_t *xq, const float *xs, const int32_t *xg, cons
             f2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a2), _mm256_set1_ps(sc[2][g]), f2);
             f3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a3), _mm256_set1_ps(sc[3][g]), f3);
         }
-        float t[4];
-        _mm_storeu_ps(t, g_hsum4(f0, f1, f2, f3));
-        for (int i = 0; i < nb; i++) {
-            float v = t[i];
-            if (mins) {
-                float mterm = 0.0f;
-                for (int64_t g = 0; g < G; g++) mterm += mn[i][g] * (float)xg[m * G + g];
-                v += mterm;
-            }
-            v *= xs[m];
-            if (bias) v += bias[n0 + i];
-            y[m * N + n0 + i] = v;
-        }
+        g_store(y, N, m, n0, nb, g_hsum4(f0, f1, f2, f3), mins ? mt : NULL, xg ? xg + m * G : NULL, G, xs[m],
+                bias);
     }
+}
+
+// GGUF's group sizes as compile-time constants: the group loop is then fully unrolled (measured
+// ~10-15% faster at 8-16 rows than with gs / 16 iterations decided at run time).
+static void block_g8_16(const int16_t *xq, const float *xs, const float *xg, const int8_t *w, const float *scales,
+                        const float *mins, const float *bias, float *y, int64_t M, int64_t K, int64_t N, int64_t n0,
+                        int nb, float *mt) {
+    block_g8(xq, xs, xg, w, scales, mins, bias, y, M, K, N, n0, nb, 16, mt);
+}
+static void block_g8_32(const int16_t *xq, const float *xs, const float *xg, const int8_t *w, const float *scales,
+                        const float *mins, const float *bias, float *y, int64_t M, int64_t K, int64_t N, int64_t n0,
+                        int nb, float *mt) {
+    block_g8(xq, xs, xg, w, scales, mins, bias, y, M, K, N, n0, nb, 32, mt);
+}
+static void block_g8_any(const int16_t *xq, const float *xs, const float *xg, const int8_t *w, const float *scales,
+                         const float *mins, const float *bias, float *y, int64_t M, int64_t K, int64_t N, int64_t n0,
+                         int nb, int64_t gs, float *mt) {
+    block_g8(xq, xs, xg, w, scales, mins, bias, y, M, K, N, n0, nb, gs, mt);
 }
 
 // Returns 0, or -1 when the group size is not a multiple of 16 or does not divide K.
@@ -162,22 +192,33 @@ int swl_linear_g8(const float *x, const int8_t *w, const float *scales, const fl
     const int64_t G = K / gs;
     int16_t *xq = malloc(sizeof(int16_t) * M * K);
     float *xs = malloc(sizeof(float) * M);
-    int32_t *xg = mins ? malloc(sizeof(int32_t) * M * G) : NULL;
+    float *xg = mins ? malloc(sizeof(float) * M * G) : NULL;
     g_quantize_rows(x, xq, xs, M, K);
     if (mins)
         for (int64_t m = 0; m < M; m++)
             for (int64_t g = 0; g < G; g++) {
                 int32_t s = 0;
                 for (int64_t k = g * gs; k < (g + 1) * gs; k++) s += xq[m * K + k];
-                xg[m * G + g] = s;
+                xg[m * G + g] = (float)s;
             }
     const int64_t nblocks = (N + GNB - 1) / GNB;
-#pragma omp parallel for schedule(guided, 4) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t b = 0; b < nblocks; b++) {
-        const int64_t n0 = b * GNB;
-        const int nb = (int)(N - n0 < GNB ? N - n0 : GNB);
-        block_g8(xq, xs, xg, w + n0 * K, scales + n0 * G, mins ? mins + n0 * G : NULL, bias, y, M, K, N, n0, nb,
-                 gs);
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        float *mt = malloc(sizeof(float) * GNB * G);  // per thread scratch, see block_g8
+#pragma omp for schedule(guided, 4)
+        for (int64_t b = 0; b < nblocks; b++) {
+            const int64_t n0 = b * GNB;
+            const int nb = (int)(N - n0 < GNB ? N - n0 : GNB);
+            const int8_t *wb = w + n0 * K;
+            const float *sb = scales + n0 * G, *mb = mins ? mins + n0 * G : NULL;
+            if (gs == 32)
+                block_g8_32(xq, xs, xg, wb, sb, mb, bias, y, M, K, N, n0, nb, mt);
+            else if (gs == 16)
+                block_g8_16(xq, xs, xg, wb, sb, mb, bias, y, M, K, N, n0, nb, mt);
+            else
+                block_g8_any(xq, xs, xg, wb, sb, mb, bias, y, M, K, N, n0, nb, gs, mt);
+        }
+        free(mt);
     }
     free(xq);
     free(xs);
