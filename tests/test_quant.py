@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import swisslm
+from swisslm import kernels
 from swisslm.cli import main as cli_main
 from swisslm.config import ModelConfig
 from swisslm.io.quantized import save_quantized
@@ -245,3 +246,22 @@ def test_int8_smollm2_answers_paris(smollm2):
                                   add_generation_prompt=True, tokenize=True)
     out = model.generate(torch.tensor([ids]), max_new_tokens=12)
     assert "Paris" in tok.decode(out[0, len(ids):].tolist(), skip_special_tokens=True)
+
+
+@pytest.mark.skipif(not kernels.available(), reason="needs the CPU kernels")
+def test_many_rows_run_the_kernels_in_chunks_row_by_row_identical():
+    """17..CHUNKED_MAX_ROWS rows (a serving step of many rows) go through the kernels MAX_ROWS
+    rows at a time, not through a whole-weight dequantize: every row equals that row alone, and
+    the product stays within the int16 activation rounding of the exact weight-only one."""
+    from swisslm.quant.layers import CHUNKED_MAX_ROWS, Int4Linear
+
+    torch.manual_seed(0)
+    layer = Int4Linear.from_linear(torch.nn.Linear(256, 96, bias=True), 32)
+    x = torch.randn(3, 15, 256)  # 45 rows: chunks of 16, 16, 13
+    with torch.no_grad():
+        y = layer(x)
+        alone = torch.cat([layer(r[None]) for r in x.reshape(-1, 256)]).reshape(3, 15, 96)
+        exact = torch.nn.functional.linear(x, layer.dequantize(), layer.bias)
+    assert torch.equal(y, alone)
+    torch.testing.assert_close(y, exact, atol=2e-3, rtol=2e-3)
+    assert 45 <= CHUNKED_MAX_ROWS
