@@ -256,6 +256,22 @@ def _gguf_version() -> str:
         return "(unknown version)"
 
 
+def _tensor_plan(reader: gguf.GGUFReader | FastGGUF, conv: GGUFNames, arch: str) -> list[tuple[Any, str, Any]]:
+    """(tensor, HF name, transform) for every tensor the family's map reads; one clear error
+    naming the tensors it does not know."""
+    plan, unknown = [], []
+    for t in reader.tensors:
+        entry = conv.hf_name(t.name)
+        if entry is None:
+            unknown.append(t.name)
+        elif entry[0] is not None:
+            plan.append((t, entry[0], entry[1]))
+    if unknown:
+        raise CheckpointError(f"{_name(reader)}: {len(unknown)} GGUF tensor(s) unknown to the {arch!r} map: "
+                              f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}")
+    return plan
+
+
 def iter_gguf_tensors(
     path: GGUFSource, dtype: torch.dtype = torch.float32
 ) -> Iterator[tuple[str, torch.Tensor]]:
@@ -270,17 +286,7 @@ def iter_gguf_tensors(
     reader = _open(path)
     arch, conv = _architecture(reader)
     config = conv.config(_Metadata(reader), arch)
-    plan = []
-    unknown = []
-    for t in reader.tensors:
-        entry = conv.hf_name(t.name)
-        if entry is None:
-            unknown.append(t.name)
-        elif entry[0] is not None:
-            plan.append((t, entry[0], entry[1]))
-    if unknown:
-        raise CheckpointError(f"{_name(reader)}: {len(unknown)} GGUF tensor(s) unknown to the {arch!r} map: "
-                              f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}")
+    plan = _tensor_plan(reader, conv, arch)
     for t, hf, fn in plan:
         w = torch.from_numpy(_dequantize(reader, t))
         if fn is not None:
@@ -565,16 +571,7 @@ def iter_gguf_blocks(path: GGUFSource) -> Iterator[tuple[str, Any]]:
     reader = _open(path)
     arch, conv = _architecture(reader)
     config = conv.config(_Metadata(reader), arch)
-    plan, unknown = [], []
-    for t in reader.tensors:
-        entry = conv.hf_name(t.name)
-        if entry is None:
-            unknown.append(t.name)
-        elif entry[0] is not None:
-            plan.append((t, entry[0], entry[1]))
-    if unknown:
-        raise CheckpointError(f"{_name(reader)}: {len(unknown)} GGUF tensor(s) unknown to the {arch!r} map: "
-                              f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}")
+    plan = _tensor_plan(reader, conv, arch)
     with open(getattr(reader, "path", None) or _name(reader), "rb", buffering=0) as f:
         yield from _iter_blocks(f, reader, plan, config)
 

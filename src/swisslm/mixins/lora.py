@@ -194,7 +194,23 @@ def _layer_of(hf: str) -> int | None:
 # ----------------------------------------------------------------------------------------------
 
 
-class LoRALinear(nn.Module):
+class _WrapsBase(nn.Module):
+    """A module wrapping `base` (a linear, maybe quantized) whose attributes fall back to it."""
+
+    def __getattr__(self, name: str) -> Any:
+        """Fall back to the base module (`weight`, `bias`, a quantized base's buffers): our
+        state-dict names are the base's, and code that walks them (torch.distributed.checkpoint's
+        fqn lookup, init passes) must find the tensors there."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            base = self._modules.get("base")
+            if base is None:
+                raise
+            return getattr(base, name)
+
+
+class LoRALinear(_WrapsBase):
     """base(x) + scaling * B A dropout(x), with one A/B pair per adapted slice of the output rows.
 
     `lora_a` is `[S * r, in]` (the S slices' A matrices stacked, so x is read once), `lora_b` is
@@ -224,18 +240,6 @@ class LoRALinear(nn.Module):
         self._full = sum(s.size for s in self.slices) == self.out_features
         self.register_state_dict_post_hook(_strip_base_prefix)
         self.register_load_state_dict_pre_hook(_add_base_prefix)
-
-    def __getattr__(self, name: str) -> Any:
-        """Fall back to the base module (`weight`, `bias`, a quantized base's buffers): our
-        state-dict names are the base's, and code that walks them (torch.distributed.checkpoint's
-        fqn lookup, init passes) must find the tensors there."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            base = self._modules.get("base")
-            if base is None:
-                raise
-            return getattr(base, name)
 
     def reset_lora_parameters(self, init: str = "kaiming") -> None:
         with torch.no_grad():
@@ -625,7 +629,7 @@ class _RowAdapters:
         self.grouped = False
 
 
-class MultiLoRALinear(nn.Module):
+class MultiLoRALinear(_WrapsBase):
     """base(x) + B[i_b] A[i_b] x_b for each row b, with i_b the row's adapter (0: none).
 
     `lora_a` (N + 1, R, in) and `lora_b` (N + 1, out, R) stack the adapters (rank padded with
@@ -645,15 +649,6 @@ class MultiLoRALinear(nn.Module):
         self._rows = rows
         self.register_state_dict_post_hook(_strip_base_prefix)
         self.register_load_state_dict_pre_hook(_add_base_prefix)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            base = self._modules.get("base")
-            if base is None:
-                raise
-            return getattr(base, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)

@@ -24,24 +24,13 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from .layers import INT4_GROUP_SIZES, Int4Linear, Int8Embedding, Int8Linear
+from .layers import INT4_GROUP_SIZES, Int4Linear, Int8Embedding, Int8Linear, set_module
 from .moe import QuantMoE, is_moe, quantize_moe_
 
 log = logging.getLogger(__name__)
 
 SCHEMES = ("int8", "int4")
 FORMAT_VERSION = 1
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)
-    # Slot defaults that point at the replaced module must follow (the model's `embed` slot is
-    # the Embeddings module, not `embed.word`, so today this only matters for whole-module swaps).
-    defaults = parent.__dict__.get("_slot_defaults")
-    if defaults and attr in defaults:
-        defaults[attr] = new
 
 
 def _linear_targets(model: nn.Module, head: bool) -> list[str]:
@@ -102,7 +91,7 @@ def quantize_(
         # The LM head stays int8 under int4 (llama.cpp keeps output.weight at 6+ bits too): on
         # SmolLM2 an int4 head alone moves perplexity by ~+14% (68.0 vs 60.0 at group 64).
         q = _make_linear(lin, "int8" if name == "head.proj" else scheme, group_size)
-        _set_module(model, name, q)
+        set_module(model, name, q)
         modules[name] = "int4" if isinstance(q, Int4Linear) else "int8"
     for name, m in list(model.named_modules()):
         if is_moe(m):
@@ -161,9 +150,9 @@ def apply_structure(model: nn.Module, q: dict[str, Any], source: str) -> None:
         except AttributeError:
             raise CheckpointError(f"{source}: quantized module {name!r} does not exist in this model") from None
         if kind in ("int8", "int4"):
-            _set_module(model, name, _empty_linear(m, kind, group_size))
+            set_module(model, name, _empty_linear(m, kind, group_size))
         elif kind == "int8_embedding":
-            _set_module(model, name, Int8Embedding(m.num_embeddings, m.embedding_dim, device="meta"))
+            set_module(model, name, Int8Embedding(m.num_embeddings, m.embedding_dim, device="meta"))
         elif kind == "int8_experts":
             quantize_moe_(m)
         elif kind != "tied":

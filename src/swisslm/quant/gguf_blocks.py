@@ -36,7 +36,7 @@ from gguf.constants import GGMLQuantizationType as T
 from gguf.quants import Q4_K
 from torch import nn
 
-from .layers import GroupInt8Linear, Int4Linear, dequantize_groups, dequantize_int4
+from .layers import GroupInt8Linear, Int4Linear, dequantize_groups, dequantize_int4, set_module
 
 # The GGUF types kept quantized, and the layout each repacks into.
 NATIVE_TYPES: dict[T, str] = {T.Q4_0: "int4", T.Q4_1: "int4", T.Q4_K: "int4",
@@ -266,16 +266,6 @@ def block_kind(bw: BlockWeight) -> str:
     return f"gguf {bw.source} {bw.layout}"
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """quant.api's module swap (which imports this module: not imported back, no cycle)."""
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)
-    defaults = parent.__dict__.get("_slot_defaults")
-    if defaults and attr in defaults:
-        defaults[attr] = new
-
-
 def attach_blocks(model: nn.Module, state: dict[str, Any], tied: bool) -> dict[str, str]:
     """Swap in quantized modules for the BlockWeights of `state` (our parameter names, from the
     weight map) and replace them in `state` by the new modules' tensors, so that the loader's
@@ -298,13 +288,13 @@ def attach_blocks(model: nn.Module, state: dict[str, Any], tied: bool) -> dict[s
         else:
             state[key] = bw.dequantize()
             continue
-        _set_module(model, name, new)
+        set_module(model, name, new)
         kinds[name] = block_kind(bw)
         state.update({f"{name}.{k}": v for k, v in new.state_dict().items()})
     emb = getattr(getattr(model, "embed", None), "word", None)
     if tied and isinstance(emb, BlockEmbedding):
         head = linear_from_block(emb.block_weight())
-        _set_module(model, "head.proj", head)
+        set_module(model, "head.proj", head)
         state.update({f"head.proj.{k}": v for k, v in head.state_dict().items() if k != "weight"})
         kinds["head.proj"] = "tied"
     return kinds

@@ -47,6 +47,19 @@ CHUNKED_MAX_ROWS = 512
 # bits so AVX2's u8*s8 pair sums (vpmaddubsw, int16) cannot saturate; PyTorch's own default.
 REDUCE_RANGE = True
 
+
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule `name` of `model` by `new` (the quantize passes' module swap)."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+    # Slot defaults that point at the replaced module must follow (the model's `embed` slot is
+    # the Embeddings module, not `embed.word`, so today this only matters for whole-module swaps).
+    defaults = parent.__dict__.get("_slot_defaults")
+    if defaults and attr in defaults:
+        defaults[attr] = new
+
+
 # -- quantization maths ----------------------------------------------------------------------
 
 
