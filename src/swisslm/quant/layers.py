@@ -13,8 +13,10 @@ Compute. Decode-sized inputs (at most `kernels.MAX_ROWS` rows) run swisslm's own
 registers and multiply fp32 activations, so the numerics are exact weight-only (no activation
 quantization) and each row's result does not depend on what else is in the batch. torch's own
 weight-only CPU kernels `_weight_int8pack_mm` / `_weight_int4pack_mm_for_cpu` have no fast AVX2
-path (10-50x slower than an fp32 matmul on the CI machine). Larger inputs (prefill, scoring)
-dequantize and run torch's fp32 GEMM, which is compute-bound there. Where the kernels cannot
+path (10-50x slower than an fp32 matmul on the CI machine). Up to CHUNKED_MAX_ROWS rows (a
+serving step of many rows, a short prefill chunk) the kernels run MAX_ROWS rows at a time, which
+beats dequantizing the whole weight per call on this hardware; larger inputs (long prefills,
+scoring) dequantize once and run torch's fp32 GEMM, which is compute-bound there. Where the kernels cannot
 build (no C compiler, no AVX2), decode falls back to fbgemm's dynamic-quantized linear (int8
 activations per token, CTranslate2's scheme) on a packed copy of the weight built on first use.
 
