@@ -6,6 +6,7 @@ are random bytes with small float16 super-block scales: every code and sub-block
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -47,7 +48,23 @@ def write_llama_gguf(path: Path, qtype: Q, seed: int = 0, types: dict[str, Q] | 
                      tied: bool = True) -> Path:
     """A loadable tiny GGUF Llama, matrices in `qtype` (per tensor-name suffix overrides in
     `types`, e.g. {"attn_v.weight": Q.Q6_K} for a Q4_K_M-style mix), norms F32."""
-    c = TINY
+    rng = np.random.default_rng(seed)
+
+    def tensor(name: str, shape: tuple[int, ...], j: int) -> tuple[np.ndarray, Q | None]:
+        if len(shape) == 1:
+            return (1.0 + rng.standard_normal(shape) * 0.05).astype(np.float32), None
+        t = next((v for k, v in (types or {}).items() if name.endswith(k)), qtype)
+        scale = 1.0 if name == "token_embd.weight" else 0.06
+        return random_blocks(t, *shape, seed=seed * 1000 + j, scale=scale), t
+
+    return write_tiny_llama(path, TINY, tensor, tied)
+
+
+def write_tiny_llama(path: Path, c: dict[str, int], tensor: Callable[[str, tuple[int, ...], int],
+                     tuple[np.ndarray, Q | None]], tied: bool = True) -> Path:
+    """A tiny GGUF Llama of config `c` (vocab, hidden, heads, kv_heads, ffn, layers) with a
+    byte-level vocabulary of letters; `tensor(name, shape, index)` gives each tensor's data and
+    its GGUF type (None: a float array stored as is)."""
     w = gguf.GGUFWriter(str(path), arch="llama")
     for key, value in {"llama.block_count": c["layers"], "llama.context_length": 64,
                        "llama.embedding_length": c["hidden"], "llama.feed_forward_length": c["ffn"],
@@ -72,14 +89,12 @@ def write_llama_gguf(path: Path, qtype: Q, seed: int = 0, types: dict[str, Q] | 
                    f"blk.{i}.attn_v.weight": (kv, h), f"blk.{i}.attn_output.weight": (h, h),
                    f"blk.{i}.ffn_gate.weight": (c["ffn"], h), f"blk.{i}.ffn_up.weight": (c["ffn"], h),
                    f"blk.{i}.ffn_down.weight": (h, c["ffn"])}
-    rng = np.random.default_rng(seed)
     for j, (name, shape) in enumerate(shapes.items()):
-        if len(shape) == 1:
-            w.add_tensor(name, (1.0 + rng.standard_normal(shape) * 0.05).astype(np.float32))
-            continue
-        t = next((v for k, v in (types or {}).items() if name.endswith(k)), qtype)
-        scale = 1.0 if name == "token_embd.weight" else 0.06
-        w.add_tensor(name, random_blocks(t, *shape, seed=seed * 1000 + j, scale=scale), raw_dtype=t)
+        data, raw = tensor(name, shape, j)
+        if raw is None:
+            w.add_tensor(name, data)
+        else:
+            w.add_tensor(name, data, raw_dtype=raw)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

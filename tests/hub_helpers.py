@@ -12,6 +12,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as Q
+from gguf_blocks_data import write_tiny_llama
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -43,42 +44,16 @@ TINY_GGUF = dict(vocab=64, hidden=64, heads=4, kv_heads=2, ffn=128, layers=1)
 def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     """A loadable GGUF Llama with a byte-level BPE vocabulary of single letters; matrices Q4_1,
     token embedding Q8_0 (tied head), norms F32."""
-    c = TINY_GGUF
     rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(str(path), arch="llama")
-    for key, value in {"llama.block_count": c["layers"], "llama.context_length": 64,
-                       "llama.embedding_length": c["hidden"], "llama.feed_forward_length": c["ffn"],
-                       "llama.attention.head_count": c["heads"], "llama.attention.head_count_kv": c["kv_heads"],
-                       "llama.rope.dimension_count": c["hidden"] // c["heads"], "llama.vocab_size": c["vocab"]}.items():
-        w.add_uint32(key, value)
-    w.add_float32("llama.rope.freq_base", 10000.0)
-    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-6)
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list([chr(ord("a") + i % 26) * (1 + i // 26) for i in range(c["vocab"])])
-    w.add_token_types([1] * c["vocab"])
-    w.add_token_merges([])
-    w.add_bos_token_id(0)
-    w.add_eos_token_id(1)
-    h, kv = c["hidden"], c["kv_heads"] * (c["hidden"] // c["heads"])
-    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (c["vocab"], h), "output_norm.weight": (h,)}
-    for i in range(c["layers"]):
-        shapes |= {f"blk.{i}.attn_norm.weight": (h,), f"blk.{i}.ffn_norm.weight": (h,),
-                   f"blk.{i}.attn_q.weight": (h, h), f"blk.{i}.attn_k.weight": (kv, h),
-                   f"blk.{i}.attn_v.weight": (kv, h), f"blk.{i}.attn_output.weight": (h, h),
-                   f"blk.{i}.ffn_gate.weight": (c["ffn"], h), f"blk.{i}.ffn_up.weight": (c["ffn"], h),
-                   f"blk.{i}.ffn_down.weight": (h, c["ffn"])}
-    for name, shape in shapes.items():
+
+    def tensor(name: str, shape: tuple[int, ...], j: int) -> tuple[np.ndarray, Q | None]:
         x = (rng.standard_normal(shape) * 0.05).astype(np.float32)
         if len(shape) == 1:
-            w.add_tensor(name, x + 1.0)
-        else:
-            qtype = Q.Q8_0 if name == "token_embd.weight" else Q.Q4_1
-            w.add_tensor(name, gguf.quants.quantize(x, qtype), raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+            return x + 1.0, None
+        qtype = Q.Q8_0 if name == "token_embd.weight" else Q.Q4_1
+        return gguf.quants.quantize(x, qtype), qtype
+
+    return write_tiny_llama(path, TINY_GGUF, tensor)
 
 
 def tiny_gguf_type_counts() -> dict[str, int]:
