@@ -193,11 +193,12 @@ def f32_isa(which: str | None = None) -> str:
     return F32_ISAS[_lib().f32_isa(-1 if which is None else F32_ISAS.index(which))]
 
 
-def decode_sized(x: torch.Tensor) -> bool:
-    """Whether `x` is a decode-sized product input: fp32 on the CPU, at most MAX_ROWS rows, and
+def decode_sized(x: torch.Tensor, max_rows: int = MAX_ROWS) -> bool:
+    """Whether `x` is a decode-sized product input: fp32 on the CPU, at most `max_rows` rows, and
     no autograd graph needed through it. (The quantized layers ask this on its own: under
-    torch.compile they route such inputs to an opaque op that runs the kernels.)"""
-    return (x.is_cpu and x.dtype == _F32 and x.numel() <= MAX_ROWS * x.shape[-1]
+    torch.compile they route such inputs to an opaque op that runs the kernels; with a larger
+    `max_rows` they ask whether the kernels can take `x` in MAX_ROWS-row chunks.)"""
+    return (x.is_cpu and x.dtype == _F32 and x.numel() <= max_rows * x.shape[-1]
             and not (torch.is_grad_enabled() and x.requires_grad))
 
 

@@ -223,9 +223,8 @@ class _QuantLinearBase(nn.Module):
         # MAX_ROWS rows at a time: dequantizing the whole weight for every such step cost more
         # than the product itself (measured in bench/README.md: 32 rows of a 1536x576 int4 layer
         # 0.41 ms chunked vs 1.99 ms dequantize + GEMM; the 49152x576 head 13.5 vs 170 ms).
-        return (self.use_packed and not torch.compiler.is_compiling() and x.is_cpu
-                and x.dtype == torch.float32 and x.numel() <= CHUNKED_MAX_ROWS * x.shape[-1]
-                and not (torch.is_grad_enabled() and x.requires_grad) and kernels.available())
+        return (self.use_packed and not torch.compiler.is_compiling()
+                and kernels.decode_sized(x, CHUNKED_MAX_ROWS) and kernels.available())
 
     def _chunked_forward(self, x: torch.Tensor) -> torch.Tensor | None:
         x2 = x.reshape(-1, x.shape[-1]).contiguous()

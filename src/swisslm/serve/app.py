@@ -281,8 +281,6 @@ class _Server:
                            "not_found_error", "model_not_found", "model")
         return None
 
-    check_model = resolve_model
-
     def require_engine(self, endpoint: str) -> Engine:
         if self.engine is None:
             raise APIError(400, f"the model '{self.settings.model_name}' is an encoder; it serves /v1/embeddings "
@@ -557,12 +555,12 @@ def _routes(app: FastAPI, srv: _Server) -> None:
 
     @app.get("/v1/models/{model_id}", response_model=ModelCard, responses=ERROR_RESPONSES)
     async def model_card(model_id: str) -> ModelCard:
-        adapter = srv.check_model(model_id, strict=True)
+        adapter = srv.resolve_model(model_id, strict=True)
         return ModelCard(id=adapter or settings.model_name, created=srv.created, max_model_len=srv.context_len)
 
     @app.post("/v1/completions", response_model=CompletionResponse, responses=STREAM_RESPONSES)
     async def completions(req: CompletionRequest, request: Request) -> Any:
-        adapter = srv.check_model(req.model)
+        adapter = srv.resolve_model(req.model)
         srv.require_engine("/v1/completions")
         if req.suffix:
             raise APIError(400, "suffix is not supported", param="suffix")
@@ -604,7 +602,7 @@ def _routes(app: FastAPI, srv: _Server) -> None:
 
     @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=STREAM_RESPONSES)
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
-        adapter = srv.check_model(req.model)
+        adapter = srv.resolve_model(req.model)
         srv.require_engine("/v1/chat/completions")
         ids = srv.chat_ids(req)
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
@@ -634,7 +632,7 @@ def _routes(app: FastAPI, srv: _Server) -> None:
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
     async def embeddings(req: EmbeddingRequest) -> EmbeddingResponse:
-        srv.check_model(req.model)
+        srv.resolve_model(req.model)
         if srv.engine is not None:
             raise APIError(400, f"the model '{settings.model_name}' is a generative model; /v1/embeddings needs "
                            "an encoder (e.g. all-MiniLM-L6-v2)", code="model_not_supported", param="model")
