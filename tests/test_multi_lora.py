@@ -150,12 +150,16 @@ def test_http_model_field_picks_the_adapter(tok, adapter_dirs, references):
     ("SmolLM2-135M-Instruct={good}", "the base model's"),
 ])
 def test_bad_lora_args_exit_2_before_loading(spec, message, adapter_dirs, tmp_path, capsys, monkeypatch):
-    from swisslm.cli import common, main
+    from swisslm.cli import main
+    from swisslm.cli import serve as cli_serve
 
     def no_load(*_a, **_k):
         raise AssertionError("the model must not load")
 
-    monkeypatch.setattr(common, "load_model_from_args", no_load)
+    # serve loads through its own `load_with_message` binding: patch that name (patching
+    # common.load_model_from_args guarded nothing here, and leaked into cli modules imported
+    # while it was patched, e.g. `swisslm info` in a later test)
+    monkeypatch.setattr(cli_serve, "load_with_message", no_load)
     (tmp_path / "empty").mkdir()
     argv = ["serve"]
     for s in spec.split("|"):
